@@ -1,0 +1,101 @@
+"""The backend contract: load a model, then `embed(batch) -> (n, dim) float32` unit vectors.
+
+The scheduler, the HTTP layer, the CLI and the benches talk to an `Engine` and nothing below it.
+An Engine owns a tokenizer and an EncoderModel running on one device's ops (numpy or CUDA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import registry
+from .errors import TinyEmbedError
+from .model import Batch, EncoderModel, truncate_dimensions
+from .spec import ModelSpec
+from .tokenize import Tokenizer
+from .weights import load_params
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    dimensions: int
+    max_input_tokens: int
+    vocab_size: int
+    family: str
+    pooling: str
+    device: str
+    prompts: dict[str, str] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(self, name: str, spec: ModelSpec, ops):
+        self.spec = spec
+        self.tokenizer = Tokenizer(spec)
+        self.model = EncoderModel(spec, load_params(spec), ops)
+        self.info = ModelInfo(
+            name=name,
+            dimensions=spec.hidden_size,
+            max_input_tokens=spec.max_seq_length,
+            vocab_size=spec.vocab_size,
+            family=spec.family,
+            pooling=spec.pooling,
+            device=ops.name,
+            prompts=dict(spec.prompts),
+        )
+
+    def pack(self, sequences: list[np.ndarray]) -> Batch:
+        return Batch.pack(sequences, self.spec.position_offset)
+
+    def embed(self, batch: Batch) -> np.ndarray:
+        """(n, H) float32 L2-normalized vectors for a packed batch."""
+        if len(batch) == 0:
+            return np.zeros((0, self.info.dimensions), dtype=np.float32)
+        return self.model.forward(batch)
+
+    def embed_sequences(self, sequences: list[np.ndarray], max_batch_tokens: int = 16384,
+                        dimensions: int | None = None) -> np.ndarray:
+        """Token-id arrays -> vectors, packed into batches of at most max_batch_tokens."""
+        out, batch, tokens = [], [], 0
+        for seq in sequences:
+            if batch and tokens + len(seq) > max_batch_tokens:
+                out.append(self.embed(self.pack(batch)))
+                batch, tokens = [], 0
+            batch.append(seq)
+            tokens += len(seq)
+        if batch or not out:
+            out.append(self.embed(self.pack(batch)))
+        return truncate_dimensions(np.concatenate(out), dimensions)
+
+    def embed_texts(self, texts: list[str], truncate: bool = True, input_type: str | None = None,
+                    dimensions: int | None = None) -> np.ndarray:
+        return self.embed_sequences(self.tokenizer.encode(texts, truncate, input_type), dimensions=dimensions)
+
+
+def make_ops(device: str = "cpu", dtype: str | None = None, threads: int | None = None):
+    """Ops for a device: "cpu", "cuda", "cuda:N", or "auto" (CUDA when CuPy sees a GPU)."""
+    if device == "auto":
+        from . import ops_cuda
+
+        device = "cuda" if ops_cuda.available() else "cpu"
+    if device == "cpu":
+        if dtype not in (None, "float32"):
+            raise TinyEmbedError(f"--dtype {dtype} needs a GPU; the CPU path computes in float32")
+        from .ops_numpy import NumpyOps
+
+        return NumpyOps(threads)
+    if device == "cuda" or device.startswith("cuda:"):
+        from . import ops_cuda
+
+        index = int(device.partition(":")[2] or 0)
+        return ops_cuda.CudaOps(index, dtype or "float16")
+    raise TinyEmbedError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto")
+
+
+def load_engine(model: str = registry.DEFAULT_MODEL, name: str | None = None, device: str = "cpu",
+                dtype: str | None = None, threads: int | None = None) -> Engine:
+    path = registry.resolve(model)
+    spec = ModelSpec.from_dir(path)
+    return Engine(name or model, spec, make_ops(device, dtype, threads))

@@ -1,0 +1,158 @@
+"""What a model directory says about itself: config.json plus the sentence-transformers files.
+
+Everything the engine needs to know before reading a single weight lives in `ModelSpec`, so a
+wrong or unsupported model fails here with one clear message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ModelLoadError
+
+# config.json `model_type` -> the family whose forward pass we run.
+ARCHITECTURES = {
+    "bert": "bert",
+    "xlm-roberta": "xlmr",
+    "roberta": "xlmr",
+    "camembert": "xlmr",
+}
+POOLING_MODES = ("cls", "mean", "last")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    path: Path
+    family: str  # "bert" | "xlmr"
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    layer_norm_eps: float
+    pad_token_id: int
+    max_seq_length: int  # tokens per input after truncation, specials included
+    pooling: str  # "cls" | "mean" | "last"
+    normalize: bool
+    prompts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def position_offset(self) -> int:
+        # XLM-R numbers positions from padding_idx + 1; BERT from 0.
+        return self.pad_token_id + 1 if self.family == "xlmr" else 0
+
+    @classmethod
+    def from_dir(cls, path: Path) -> "ModelSpec":
+        config = _read_json(path / "config.json", required=True)
+        model_type = config.get("model_type", "")
+        family = ARCHITECTURES.get(model_type)
+        if family is None:
+            raise ModelLoadError(
+                f"{path}: unsupported architecture model_type={model_type!r} "
+                f"(architectures={config.get('architectures')}); tinyembed runs "
+                f"{', '.join(sorted(ARCHITECTURES))} encoders"
+            )
+        act = config.get("hidden_act", "gelu")
+        if act not in ("gelu", "gelu_python"):
+            raise ModelLoadError(f"{path}: unsupported hidden_act={act!r}; only exact GELU is implemented")
+        if config.get("position_embedding_type", "absolute") != "absolute":
+            raise ModelLoadError(f"{path}: only absolute position embeddings are supported")
+        try:
+            hidden = int(config["hidden_size"])
+            heads = int(config["num_attention_heads"])
+            spec_fields = dict(
+                vocab_size=int(config["vocab_size"]),
+                hidden_size=hidden,
+                num_layers=int(config["num_hidden_layers"]),
+                num_heads=heads,
+                intermediate_size=int(config["intermediate_size"]),
+                max_position_embeddings=int(config["max_position_embeddings"]),
+                type_vocab_size=int(config.get("type_vocab_size", 2)),
+                layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
+                pad_token_id=int(config.get("pad_token_id") or 0),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{path}/config.json: missing or invalid field {exc}") from None
+        if hidden % heads:
+            raise ModelLoadError(f"{path}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+        offset = spec_fields["pad_token_id"] + 1 if family == "xlmr" else 0
+        position_limit = spec_fields["max_position_embeddings"] - offset
+        return cls(
+            path=path,
+            family=family,
+            max_seq_length=_max_seq_length(path, position_limit),
+            pooling=_pooling(path, family),
+            normalize=_normalizes(path),
+            prompts=_prompts(path),
+            **spec_fields,
+        )
+
+
+def _read_json(file: Path, required: bool = False) -> dict:
+    if not file.is_file():
+        if required:
+            raise ModelLoadError(f"{file}: missing (every model directory needs config.json)")
+        return {}
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{file}: not valid JSON ({exc})") from None
+
+
+def _max_seq_length(path: Path, position_limit: int) -> int:
+    st = _read_json(path / "sentence_bert_config.json").get("max_seq_length")
+    return min(int(st), position_limit) if st else position_limit
+
+
+def _pooling_dir(path: Path) -> Path | None:
+    for module in _read_json_list(path / "modules.json"):
+        if str(module.get("type", "")).endswith("Pooling"):
+            return path / module.get("path", "1_Pooling")
+    fallback = path / "1_Pooling"
+    return fallback if fallback.is_dir() else None
+
+
+def _pooling(path: Path, family: str) -> str:
+    pooling_dir = _pooling_dir(path)
+    conf = _read_json(pooling_dir / "config.json") if pooling_dir else {}
+    if conf.get("pooling_mode_cls_token"):
+        return "cls"
+    if conf.get("pooling_mode_lasttoken"):
+        return "last"
+    if conf.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if conf:
+        modes = [k for k, v in conf.items() if k.startswith("pooling_mode") and v]
+        raise ModelLoadError(f"{pooling_dir}/config.json: unsupported pooling {modes}; supported: {POOLING_MODES}")
+    # No sentence-transformers files: CLS is what bge-style checkpoints use.
+    return "cls"
+
+
+def _normalizes(path: Path) -> bool:
+    # Served vectors are always unit length (OpenAI's are too); kept for `info`.
+    modules = _read_json_list(path / "modules.json")
+    return any(str(m.get("type", "")).endswith("Normalize") for m in modules) or not modules
+
+
+def _prompts(path: Path) -> dict[str, str]:
+    prompts = _read_json(path / "config_sentence_transformers.json").get("prompts") or {}
+    aliases = {"passage": "document", "doc": "document", "search_query": "query", "search_document": "document"}
+    return {aliases.get(k, k): str(v) for k, v in prompts.items() if isinstance(v, str)}
+
+
+def _read_json_list(file: Path) -> list[dict]:
+    if not file.is_file():
+        return []
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{file}: not valid JSON ({exc})") from None
+    return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []

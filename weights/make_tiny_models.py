@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import sentence_transformers
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
@@ -153,13 +154,15 @@ def xlmr_tokenizer() -> Tokenizer:
     return tok
 
 
-def load_or_train(family: str, retrain: bool) -> Tokenizer:
-    """Tokenizer training is not reproducible (hash-map tie-breaking in WordPiece, parallel
-    EM in Unigram), so once trained a tokenizer is kept: reruns reuse the committed file."""
+def load_or_train(family: str, retrain: bool) -> str:
+    """tokenizer.json text. Tokenizer training is not reproducible (hash-map tie-breaking in
+    WordPiece, parallel EM in Unigram), so once trained a tokenizer is kept: reruns reuse the
+    committed file byte for byte (re-serializing would reprint Unigram scores)."""
     kept = OUT_DIR / f"tiny-{family}-fp32" / "tokenizer.json"
     if kept.exists() and not retrain:
-        return Tokenizer.from_file(str(kept))
-    return bert_tokenizer() if family == "bert" else xlmr_tokenizer()
+        return kept.read_text(encoding="utf-8")
+    tok = bert_tokenizer() if family == "bert" else xlmr_tokenizer()
+    return tok.to_str(pretty=True)
 
 
 def check_tokenizer(tok: Tokenizer, specials: list[str]) -> None:
@@ -297,7 +300,9 @@ def write_st_files(out: Path, pooling: str, prompts: dict | None) -> None:
          {"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False})
     if prompts is not None:
         dump(out / "config_sentence_transformers.json", {
-            "__version__": {"sentence_transformers": "tinyembed-fixture"},
+            "__version__": {"sentence_transformers": sentence_transformers.__version__,
+                            "transformers": transformers.__version__,
+                            "pytorch": torch.__version__},
             "prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"})
 
 
@@ -315,7 +320,8 @@ def main() -> None:
     args = parser.parse_args()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     dump(OUT_DIR / "tiny_texts.json", TEXTS)
-    toks = {fam: load_or_train(fam, args.retrain_tokenizers) for fam in ("bert", "xlmr")}
+    tok_json = {fam: load_or_train(fam, args.retrain_tokenizers) for fam in ("bert", "xlmr")}
+    toks = {fam: Tokenizer.from_str(text) for fam, text in tok_json.items()}
     check_tokenizer(toks["bert"], BERT_SPECIALS)
     check_tokenizer(toks["xlmr"], XLMR_SPECIALS)
     base = {fam: random_model(fam, t.get_vocab_size()) for fam, t in toks.items()}
@@ -325,7 +331,7 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         tok = toks[family]
         save_weights(base[family], out, dtype, prefix, sharded)
-        tok.save(str(out / "tokenizer.json"))
+        (out / "tokenizer.json").write_text(tok_json[family], encoding="utf-8")
         dump(out / "tokenizer_config.json",
              {**TOKENIZER_CONFIG[family], "model_max_length": MAX_SEQ_LENGTH})
         write_st_files(out, pooling, prompts)

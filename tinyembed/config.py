@@ -1,0 +1,78 @@
+"""Server settings with every default in one place. The CLI fills these from flags and
+TINYEMBED_* environment variables; the app and the HTTP layer only read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .registry import DEFAULT_MODEL
+
+SERVICE_TIERS = ("auto", "default", "flex", "priority")
+LOG_FORMATS = ("plain", "json")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One served model: the id clients use, where to load it from, and its extra names."""
+
+    name: str
+    path: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one client may cost the HTTP layer. Timeouts are in seconds."""
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024  # request line + all headers
+    max_headers: int = 100
+    max_connections: int = 1024
+    max_pipelined: int = 16  # requests read ahead on one connection before reading pauses
+    header_timeout: float = 10.0  # first byte of a request -> end of its headers
+    body_timeout: float = 30.0  # end of headers -> end of body
+    idle_timeout: float = 15.0  # a keep-alive connection with nothing to do is closed
+    linger_timeout: float = 2.0  # after an error reply, unread input is discarded this long
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_inputs: int = 2048
+    max_tokens_per_request: int = 300_000
+    request_timeout: float = 60.0  # arrival -> start of its batch; 408 after that
+    max_queue_tokens: int = 500_000  # admitted but unfinished tokens; 503 beyond
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Per API key (per client address when no keys are configured); 0 turns a limit off."""
+
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.requests_per_minute > 0 or self.tokens_per_minute > 0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models: tuple[ModelSource, ...] = (ModelSource(DEFAULT_MODEL, DEFAULT_MODEL),)
+    # repr=False: keys must never reach a log line, even one that prints the config.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    auto_truncate: bool = False
+    device: str = "cpu"
+    dtype: str | None = None
+    threads: int | None = None  # compute threads of the CPU ops (None: the engine decides)
+    tokenizer_threads: int = 2
+    max_batch_tokens: int = 16384
+    log_format: str = "plain"
+    access_log: bool = True
+    shutdown_timeout: float = 30.0  # how long SIGTERM waits for in-flight requests
+    event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
+    http: HttpLimits = HttpLimits()
+    requests: RequestLimits = RequestLimits()
+    rate: RateLimits = RateLimits()

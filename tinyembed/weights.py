@@ -142,12 +142,14 @@ def _read_one(file: Path) -> dict[str, np.ndarray]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        dtype = _DTYPES.get(info["dtype"])
+        dtype = _DTYPES.get(info.get("dtype")) if isinstance(info, dict) else None
         if dtype is None:
             continue  # a dtype no encoder weight uses (bool, int8 ...): never needed
-        start, end = info["data_offsets"]
-        array = data[start:end].view(dtype).reshape(info["shape"])
-        tensors[name] = array
+        try:
+            start, end = info["data_offsets"]
+            tensors[name] = data[start:end].view(dtype).reshape(info["shape"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ModelLoadError(f"{file}: tensor {name} is truncated or malformed ({exc})") from None
     return tensors
 
 

@@ -1,0 +1,395 @@
+"""GPU ops: the same contract as NumpyOps (ops_numpy.py), run on an NVIDIA GPU through CuPy.
+
+GEMMs go to cuBLAS (cublasGemmEx, fp32 accumulation); every other op is one of our kernels in
+kernels/*.cu (same names as their numpy twins), compiled once per storage dtype with NVRTC by
+cupy.RawModule and cached on disk by CuPy.
+
+Storage: activations and matrix weights in the compute dtype (float16 by default, bfloat16 or
+float32); biases, LayerNorm parameters and the token-type row stay float32 (1-D parameters).
+CuPy has no bfloat16 dtype, so bf16 arrays are CuPy uint16 arrays holding the bits: only our
+kernels and cuBLAS ever read them, and `to_host` widens them to float32.
+
+Host side: one CUDA stream per CudaOps; every op is enqueued asynchronously on it and only
+`to_host` waits. Batch uploads go through two pinned staging buffers (used in turn, each
+guarded by an event), so preparing and enqueuing batch N+1's copy never waits for batch N's
+compute. CUDA graphs for small token buckets are not implemented yet: see kernels/README.md.
+
+CuPy is imported lazily: importing this module never needs CuPy; `available()` says whether
+it is installed and sees a device, and never raises.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TinyEmbedError
+
+DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}  # -> TE_DTYPE in kernels/common.cuh
+# file -> its entry points (each fast kernel beside its naive teaching version)
+KERNELS = {
+    "embed.cu": ("embed", "embed_naive"),
+    "gelu.cu": ("bias_gelu", "bias_gelu_naive", "bias_add", "bias_add_naive"),
+    "layernorm.cu": ("bias_residual_layernorm", "bias_residual_layernorm_naive"),
+    "attention.cu": ("attention_naive", "attention_d32", "attention_d64", "attention_d128"),
+    "pool.cu": ("pool_normalize", "pool_normalize_naive"),
+}
+KERNEL_FILES = tuple(KERNELS)
+POOL_MODES = {"cls": 0, "mean": 1, "last": 2}
+TC_HEAD_DIMS = (32, 64, 128)  # head sizes with a tensor-core attention kernel
+TC_BLOCK_M = 64  # queries per attention block (TC_BM in attention.cu)
+NAIVE_MAX_HEAD_DIM = 256  # 32 * NAIVE_CHUNKS in attention.cu
+MAX_GRID_Z = 65535
+
+_cupy = None
+_modules: dict[tuple[str, int], object] = {}  # (file, TE_DTYPE) -> RawModule, shared by all CudaOps
+_modules_lock = threading.Lock()
+_to_bf16 = None  # ElementwiseKernel float32 -> bfloat16 bits, built on first use
+
+
+def _cp():
+    global _cupy
+    if _cupy is None:
+        import cupy
+
+        _cupy = cupy
+    return _cupy
+
+
+def unavailable_reason() -> str | None:
+    """None when CuPy is importable and sees a CUDA device; otherwise why not. Never raises."""
+    if importlib.util.find_spec("cupy") is None:
+        return "CuPy is not installed (pip install cupy-cuda12x or cupy-cuda13x)"
+    try:
+        count = _cp().cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError, missing driver library, ...
+        return f"CuPy sees no CUDA device ({type(exc).__name__}: {exc})"
+    return None if count > 0 else "CuPy sees no CUDA device (device count is 0)"
+
+
+def available() -> bool:
+    """True when CuPy is importable and a CUDA device is visible (used by --device auto)."""
+    try:
+        return unavailable_reason() is None
+    except Exception:
+        return False
+
+
+def kernel_dir() -> Path:
+    """Where the .cu files are: the installed `tinyembed.kernels` package (wheel or editable
+    install), else the source checkout's kernels/ folder beside the package."""
+    candidates = []
+    try:
+        spec = importlib.util.find_spec("tinyembed.kernels")
+        if spec is not None and spec.submodule_search_locations:
+            candidates += [Path(p) for p in spec.submodule_search_locations]
+    except (ImportError, ValueError):
+        pass
+    here = Path(__file__).resolve().parent
+    candidates += [here / "kernels", here.parent / "kernels"]
+    for path in candidates:
+        if all((path / name).is_file() for name in KERNEL_FILES):
+            return path
+    raise TinyEmbedError(
+        "CUDA kernels not found (looked in " + ", ".join(str(p) for p in candidates) + "); reinstall tinyembed"
+    )
+
+
+def kernel_source(name: str) -> str:
+    """A kernel file with its local #include "x.cuh" lines inlined: CuPy's on-disk compile cache
+    is keyed by the source text, so an edited header must change the text it sees."""
+    folder = kernel_dir()
+
+    def expand(file: str, seen: set[str]) -> str:
+        lines = []
+        for number, line in enumerate((folder / file).read_text().splitlines(), 1):
+            match = re.match(r'\s*#include\s+"([^"]+)"', line)
+            if match and match.group(1) not in seen:
+                seen.add(match.group(1))
+                lines += [f'#line 1 "{match.group(1)}"', expand(match.group(1), seen), f'#line {number + 1} "{file}"']
+            elif not match:
+                lines.append(line)
+        return "\n".join(lines)
+
+    return expand(name, set())
+
+
+def _module(file: str, te_dtype: int):
+    key = (file, te_dtype)
+    with _modules_lock:
+        if key not in _modules:
+            cp = _cp()
+            options = ("-std=c++17", f"-DTE_DTYPE={te_dtype}")
+            backend = os.environ.get("TINYEMBED_CUDA_BACKEND", "nvrtc")  # "nvcc" to use the toolkit's
+            _modules[key] = cp.RawModule(code=kernel_source(file), options=options, backend=backend)
+        return _modules[key]
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return (x + multiple - 1) // multiple * multiple
+
+
+class CudaOps:
+    """The ops contract of model.py on one GPU. `kernels="naive"` (or TINYEMBED_KERNELS=naive)
+    selects every kernel's teaching version, for tests and benches."""
+
+    def __init__(self, device_index: int = 0, dtype: str = "float16", kernels: str | None = None,
+                 poison_outputs: bool = False):
+        reason = unavailable_reason()
+        if reason is not None:
+            raise TinyEmbedError(f"--device cuda:{device_index}: {reason}")
+        if dtype not in DTYPES:
+            raise TinyEmbedError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+        cp = _cp()
+        count = cp.cuda.runtime.getDeviceCount()
+        if not 0 <= device_index < count:
+            raise TinyEmbedError(f"--device cuda:{device_index}: CuPy sees {count} device(s) (cuda:0..cuda:{count - 1})")
+        kernels = kernels or os.environ.get("TINYEMBED_KERNELS", "fast")
+        if kernels not in ("fast", "naive"):
+            raise TinyEmbedError(f"kernels={kernels!r}: use 'fast' or 'naive'")
+        self.index = device_index
+        self.name = f"cuda:{device_index}"
+        self.dtype = dtype
+        self.naive = kernels == "naive"
+        self.poison_outputs = poison_outputs  # tests: outputs start as NaN, so unwritten ones show
+        self._te = DTYPES[dtype]
+        self.storage = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[dtype]
+        self.vec = 16 // np.dtype(self.storage).itemsize  # VEC in common.cuh
+        self.device = cp.cuda.Device(device_index)
+        with self.device:
+            self.stream = cp.cuda.Stream(non_blocking=True)
+            self.sm_count = self.device.attributes["MultiProcessorCount"]
+        self._enter()
+        self._kernels = {}
+        for file, names in KERNELS.items():  # compile now: errors surface at load, not at a request
+            module = _module(file, self._te)
+            for name in names:
+                if name.startswith("attention_d") and self._te == DTYPES["float32"]:
+                    continue  # the tensor-core kernels exist for fp16 and bf16 storage only
+                self._kernels[name] = module.get_function(name)
+        # cublasGemmEx scalars: float32 because the compute type is CUBLAS_COMPUTE_32F.
+        self._one = np.ones(1, np.float32)
+        self._zero = np.zeros(1, np.float32)
+        # Two pinned staging buffers for batch uploads, used in turn; each event marks the end
+        # of the last copy out of its buffer.
+        self._staging = [None, None]
+        self._staged = [None, None]
+        self._turn = 0
+
+    # -- device context ---------------------------------------------------------------------------
+    def _enter(self):
+        """Make this GPU and this ops' stream current in the calling thread. CuPy's current device
+        and stream are thread-local, and kernels and CuPy ops run on the current stream, so every
+        op checks (a few microseconds): another CudaOps or caller may have changed them."""
+        cp = _cp()
+        if cp.cuda.runtime.getDevice() != self.index:
+            self.device.use()
+        if cp.cuda.get_current_stream().ptr != self.stream.ptr:
+            self.stream.use()
+
+    def synchronize(self):
+        self.stream.synchronize()
+
+    def _empty(self, shape, dtype=None):
+        cp = _cp()
+        self._enter()
+        dtype = dtype or self.storage
+        if not self.poison_outputs:
+            return cp.empty(shape, dtype=dtype)
+        if dtype == np.uint16:
+            return cp.full(shape, 0x7FC0, dtype=np.uint16)  # a bfloat16 NaN
+        return cp.full(shape, np.nan, dtype=dtype)
+
+    def _launch(self, name: str, grid, block, args):
+        self._enter()
+        self._kernels[name](tuple(int(g) for g in grid), (int(block),), args)
+
+    # -- moving data ------------------------------------------------------------------------------
+    def param(self, array: np.ndarray):
+        """Upload a weight once: 1-D (biases, LayerNorm, token type) as float32, matrices in the
+        compute dtype (rounded to nearest even on the device)."""
+        self._enter()
+        cp = _cp()
+        x = cp.asarray(np.ascontiguousarray(array, dtype=np.float32))
+        return x if x.ndim == 1 else self.from_float32(x)
+
+    def from_float32(self, x):
+        """A device float32 array in the storage dtype (bf16: round to nearest even, by bits)."""
+        cp = _cp()
+        if self.storage == np.float32:
+            return x
+        if self.storage == np.float16:
+            return x.astype(cp.float16)
+        global _to_bf16
+        if _to_bf16 is None:
+            _to_bf16 = cp.ElementwiseKernel(
+                "float32 x", "uint16 y",
+                "unsigned int b = __float_as_uint(x);"
+                "y = isnan(x) ? 0x7FC0 : (unsigned short)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16)",
+                "tinyembed_float32_to_bfloat16")
+        return _to_bf16(x)
+
+    def to_float32(self, x):
+        """A device array of the storage dtype widened to float32 (on the device)."""
+        cp = _cp()
+        if x.dtype == cp.uint16:  # bf16 bits are the high half of a float32
+            return (x.astype(cp.uint32) << 16).view(cp.float32)
+        return x.astype(cp.float32, copy=False)
+
+    def to_host(self, array) -> np.ndarray:
+        """Device array -> float32 numpy array; waits for everything enqueued before it."""
+        self._enter()
+        return self.to_float32(array).get(stream=self.stream)
+
+    def upload_batch(self, batch):
+        """(input_ids, position_ids, cu_seqlens) on the device, copied asynchronously from a
+        pinned staging buffer on this ops' stream."""
+        self._enter()
+        cp = _cp()
+        tokens, n = batch.num_tokens, len(batch)
+        count = 2 * tokens + n + 1
+        turn = self._turn
+        self._turn ^= 1
+        if self._staged[turn] is not None:
+            self._staged[turn].synchronize()  # the copy that last read this buffer is done
+        if self._staging[turn] is None or self._staging[turn].size < count:
+            memory = cp.cuda.alloc_pinned_memory(4 * _round_up(max(count, 1 << 16), 1 << 16))
+            self._staging[turn] = np.frombuffer(memory, dtype=np.int32)
+        host = self._staging[turn][:count]
+        host[:tokens] = batch.input_ids
+        host[tokens:2 * tokens] = batch.position_ids
+        host[2 * tokens:] = batch.cu_seqlens
+        device = cp.empty(count, dtype=cp.int32)
+        device.set(host, stream=self.stream)
+        event = cp.cuda.Event(disable_timing=True)
+        event.record(self.stream)
+        self._staged[turn] = event
+        return device[:tokens], device[tokens:2 * tokens], device[2 * tokens:]
+
+    # -- the ops ----------------------------------------------------------------------------------
+    def _rows_block(self, width: int) -> int | None:
+        """Threads for a one-row-per-block fast kernel, or None when the row does not fit it."""
+        if width % self.vec or width // self.vec > 1024:
+            return None
+        return _round_up(width // self.vec, 32)
+
+    def embed(self, input_ids, position_ids, word, position, token_type0, ln_w, ln_b, eps):
+        """(T,) ids -> (T, H): word + position + token-type-0 embeddings, then LayerNorm."""
+        tokens, width = int(input_ids.size), int(word.shape[1])
+        out = self._empty((tokens, width))
+        if tokens == 0:
+            return out
+        block = None if self.naive else self._rows_block(width)
+        args = (input_ids, position_ids, word, position, token_type0, ln_w, ln_b, out,
+                np.int32(width), np.int32(word.shape[0]), np.int32(position.shape[0]), np.float32(eps))
+        self._launch("embed" if block else "embed_naive", (tokens,), block or 256, args)
+        return out
+
+    def matmul(self, x, w):
+        """(T, K) @ (K, N) -> (T, N) on cuBLAS, fp32 accumulation, output in the storage dtype."""
+        cp = _cp()
+        from cupy_backends.cuda.libs import cublas
+
+        tokens, k = x.shape
+        k2, n = w.shape
+        if k != k2:
+            raise ValueError(f"matmul: ({tokens}, {k}) @ ({k2}, {n})")
+        y = self._empty((tokens, n))
+        if tokens == 0:
+            return y
+        self._enter()
+        cuda_type = {np.float32: cp.cuda.runtime.CUDA_R_32F, np.float16: cp.cuda.runtime.CUDA_R_16F,
+                     np.uint16: cp.cuda.runtime.CUDA_R_16BF}[self.storage]
+        handle = cp.cuda.device.get_cublas_handle()
+        cublas.setStream(handle, self.stream.ptr)
+        # Row-major Y = X W is column-major Y^T = W^T X^T: W^T is W's buffer with ld = N.
+        cublas.gemmEx(handle, cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_N, n, tokens, k,
+                      self._one.ctypes.data, w.data.ptr, cuda_type, n,
+                      x.data.ptr, cuda_type, k,
+                      self._zero.ctypes.data, y.data.ptr, cuda_type, n,
+                      cublas.CUBLAS_COMPUTE_32F, cublas.CUBLAS_GEMM_DEFAULT)
+        return y
+
+    def _bias_epilogue(self, kernel: str, y, b):
+        tokens, width = y.shape
+        total = tokens * width
+        if total == 0:
+            return y
+        fast = not self.naive and width % self.vec == 0
+        items = total // self.vec if fast else total
+        grid = min((items + 255) // 256, self.sm_count * 16)  # grid-stride beyond that
+        self._launch(kernel if fast else kernel + "_naive", (grid,), 256,
+                     (y, b, np.int64(total), np.int32(width)))
+        return y
+
+    def linear(self, x, w, b):
+        """(T, K) @ (K, N) + b -> (T, N)."""
+        return self._bias_epilogue("bias_add", self.matmul(x, w), b)
+
+    def bias_gelu(self, y, b):
+        """(T, I): y + b, then exact (erf) GELU, in place."""
+        return self._bias_epilogue("bias_gelu", y, b)
+
+    def bias_residual_layernorm(self, y, b, residual, ln_w, ln_b, eps):
+        """(T, H): LayerNorm(y + b + residual), in place in y."""
+        tokens, width = y.shape
+        if tokens == 0:
+            return y
+        block = None if self.naive else self._rows_block(width)
+        self._launch("bias_residual_layernorm" if block else "bias_residual_layernorm_naive", (tokens,),
+                     block or 256, (y, b, residual, ln_w, ln_b, np.int32(width), np.float32(eps)))
+        return y
+
+    def attention(self, qkv, cu_seqlens, max_len, num_heads):
+        """(T, 3H) fused Q|K|V -> (T, H): softmax(QK^T / sqrt(d)) V within each sequence.
+        `max_len` must be at least the longest sequence (Batch.max_len)."""
+        tokens, width3 = qkv.shape
+        width = width3 // 3
+        head_dim = width // num_heads
+        out = self._empty((tokens, width))
+        n = int(cu_seqlens.size) - 1
+        if tokens == 0 or n == 0:
+            return out
+        scale = 1.0 / math.sqrt(head_dim)
+        tensor_cores = (not self.naive and self.storage != np.float32 and head_dim in TC_HEAD_DIMS
+                        and width % 8 == 0)
+        if tensor_cores:
+            q_tiles = (int(max_len) + TC_BLOCK_M - 1) // TC_BLOCK_M
+            scale_log2 = np.float32(scale * math.log2(math.e))
+            for first in range(0, n, MAX_GRID_Z):  # grid.z is the sequence (at most 65535)
+                self._launch(f"attention_d{head_dim}", (q_tiles, num_heads, min(MAX_GRID_Z, n - first)), 128,
+                             (qkv, cu_seqlens[first:], out, np.int32(num_heads), scale_log2))
+            return out
+        if head_dim > NAIVE_MAX_HEAD_DIM:
+            raise TinyEmbedError(f"attention: head_dim {head_dim} > {NAIVE_MAX_HEAD_DIM} is not supported")
+        warps = tokens * num_heads
+        self._launch("attention_naive", ((warps + 3) // 4,), 128,
+                     (qkv, cu_seqlens, np.int32(n), out, np.int32(tokens), np.int32(num_heads),
+                      np.int32(head_dim), np.float32(scale)))
+        return out
+
+    def pool_normalize(self, hidden, cu_seqlens, mode, dimensions: int | None = None):
+        """(T, H) -> (n, dims) float32: CLS / mean / last-token pooling of the first `dimensions`
+        columns (all when None), then L2 normalization (Matryoshka truncation in one pass)."""
+        width = int(hidden.shape[1])
+        dims = width if dimensions is None else int(dimensions)
+        if not 1 <= dims <= width:
+            raise TinyEmbedError(f"dimensions must be in 1..{width}, got {dims}")
+        if mode not in POOL_MODES:
+            raise TinyEmbedError(f"pooling mode {mode!r}: use one of {', '.join(POOL_MODES)}")
+        n = int(cu_seqlens.size) - 1
+        out = self._empty((n, dims), np.float32)
+        if n == 0:
+            return out
+        vectors = (dims + self.vec - 1) // self.vec
+        fast = not self.naive and width % self.vec == 0 and vectors <= 1024
+        self._launch("pool_normalize" if fast else "pool_normalize_naive", (n,),
+                     _round_up(vectors, 32) if fast else 256,
+                     (hidden, cu_seqlens, out, np.int32(width), np.int32(dims), np.int32(POOL_MODES[mode])))
+        return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -148,16 +149,35 @@ def _bias_gelu_rows(y, a, b, bias):
     # gelu(y) = relu(y) + c(y), where c(y) = -|y| * Phi(-|y|) is smooth and vanishes beyond
     # |y| = 8 (|c| < 1e-14): c is read from a table by linear interpolation.
     y += bias
-    u = y * np.float32(1.0 / _GELU_STEP)
-    u += np.float32(_GELU_RANGE / _GELU_STEP)
+    u, whole, index = _scratch(y.shape)
+    np.multiply(y, np.float32(1.0 / _GELU_STEP), out=u)
+    u += np.float32(_GELU_RANGE / _GELU_STEP)  # u: position in the table
     np.clip(u, 0.0, _GELU_TABLE.size - 1.001, out=u)
-    i = u.astype(np.int32)
-    u -= i  # fraction within the table cell
-    slope = _GELU_SLOPE.take(i)
-    slope *= u
-    slope += _GELU_TABLE.take(i)
+    np.floor(u, out=whole)
+    u -= whole  # u: fraction within the cell
+    np.copyto(index, whole, casting="unsafe")
+    value = _GELU_SLOPE.take(index)
+    value *= u
+    value += _GELU_TABLE.take(index)
     np.maximum(y, 0.0, out=y)
-    y += slope
+    y += value
+
+
+_thread_scratch = threading.local()
+
+
+def _scratch(shape):
+    """Per-thread temporaries (float32, float32, int32) for one row block. Fresh arrays of this
+    size cost mmap + page faults in glibc's allocator: measured twice the time of the math."""
+    buffers = getattr(_thread_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _thread_scratch.buffers = (
+            np.empty(_BLOCK_ELEMENTS, np.float32), np.empty(_BLOCK_ELEMENTS, np.float32),
+            np.empty(_BLOCK_ELEMENTS, np.int32))
+    size = shape[0] * shape[1]
+    if size > _BLOCK_ELEMENTS:  # a single row wider than a block
+        return [np.empty(shape, buf.dtype) for buf in buffers]
+    return [buf[:size].reshape(shape) for buf in buffers]
 
 
 def _gelu_correction_table():

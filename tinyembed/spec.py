@@ -37,7 +37,6 @@ class ModelSpec:
     pad_token_id: int
     max_seq_length: int  # tokens per input after truncation, specials included
     pooling: str  # "cls" | "mean" | "last"
-    normalize: bool
     prompts: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -90,21 +89,29 @@ class ModelSpec:
             family=family,
             max_seq_length=_max_seq_length(path, position_limit),
             pooling=_pooling(path, family),
-            normalize=_normalizes(path),
             prompts=_prompts(path),
             **spec_fields,
         )
 
 
-def _read_json(file: Path, required: bool = False) -> dict:
+def _read_json(file: Path, required: bool = False, default=None):
+    """A JSON file's content; `default` ({} unless given) when it is absent and optional."""
     if not file.is_file():
         if required:
             raise ModelLoadError(f"{file}: missing (every model directory needs config.json)")
-        return {}
+        return {} if default is None else default
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
+        data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(data, type({} if default is None else default)):
+        raise ModelLoadError(f"{file}: unexpected JSON structure ({type(data).__name__})")
+    return data
+
+
+def _modules(path: Path) -> list[dict]:
+    """modules.json: the sentence-transformers pipeline (Transformer, Pooling, Normalize ...)."""
+    return [m for m in _read_json(path / "modules.json", default=[]) if isinstance(m, dict)]
 
 
 def _max_seq_length(path: Path, position_limit: int) -> int:
@@ -113,7 +120,7 @@ def _max_seq_length(path: Path, position_limit: int) -> int:
 
 
 def _pooling_dir(path: Path) -> Path | None:
-    for module in _read_json_list(path / "modules.json"):
+    for module in _modules(path):
         if str(module.get("type", "")).endswith("Pooling"):
             return path / module.get("path", "1_Pooling")
     fallback = path / "1_Pooling"
@@ -136,23 +143,7 @@ def _pooling(path: Path, family: str) -> str:
     return "cls"
 
 
-def _normalizes(path: Path) -> bool:
-    # Served vectors are always unit length (OpenAI's are too); kept for `info`.
-    modules = _read_json_list(path / "modules.json")
-    return any(str(m.get("type", "")).endswith("Normalize") for m in modules) or not modules
-
-
 def _prompts(path: Path) -> dict[str, str]:
     prompts = _read_json(path / "config_sentence_transformers.json").get("prompts") or {}
     aliases = {"passage": "document", "doc": "document", "search_query": "query", "search_document": "document"}
     return {aliases.get(k, k): str(v) for k, v in prompts.items() if isinstance(v, str)}
-
-
-def _read_json_list(file: Path) -> list[dict]:
-    if not file.is_file():
-        return []
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{file}: not valid JSON ({exc})") from None
-    return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []

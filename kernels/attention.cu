@@ -27,7 +27,8 @@
 //                     (exp2 with the scale folded into log2 e), keys past the sequence's end
 //                     are masked to -inf and their K/V rows are zero-filled by cp.async.
 //                     Grid: (ceil(max_len / 64), heads, sequences); blocks past a sequence's
-//                     end return at once. Needs H % 8 == 0 (16-byte cp.async rows).
+//                     end return at once (and a block loops over tiles if the grid is short).
+//                     Needs H % 8 == 0 (16-byte cp.async rows).
 //                     Shared memory: 2 stages * (K + V) * BN * (D + 8) * 2 bytes =
 //                     20 KiB (D=32, BN=64), 36 KiB (D=64, BN=64), 34 KiB (D=128, BN=32): static,
 //                     under the 48 KiB that needs no opt-in. The +8 pad makes the row stride an
@@ -182,9 +183,6 @@ __device__ __forceinline__ void attention_tc(const T* __restrict__ qkv, const in
     const int seq = blockIdx.z, head = blockIdx.y;
     const int start = cu_seqlens[seq];
     const int len = cu_seqlens[seq + 1] - start;
-    const int q_tile = blockIdx.x * TC_BM;
-    if (q_tile >= len) return;  // uniform over the block: before any barrier
-
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3;
     const int width = num_heads * D;
@@ -206,131 +204,138 @@ __device__ __forceinline__ void attention_tc(const T* __restrict__ qkv, const in
         cp_async_commit();
     };
 
+    // One 64-query tile per iteration; normally the grid has one block per tile and this runs once,
+    // but a grid sized from a too-small max_len still covers every query.
     const int n_tiles = (len + BN - 1) / BN;
-    load_kv(0, 0);  // the first tile streams in while Q is read
+    for (int q_tile = blockIdx.x * TC_BM; q_tile < len; q_tile += gridDim.x * TC_BM) {
+        load_kv(0, 0);  // the first tile streams in while Q is read
 
-    // This warp's 16 query rows as mma A fragments, straight from global memory (rows past the
-    // sequence's end read as 0; they are computed and never stored).
-    const int row0 = q_tile + warp * 16 + g, row1 = row0 + 8;
-    unsigned qa[KQ][4];
-#pragma unroll
-    for (int kq = 0; kq < KQ; ++kq) {
-        const int c0 = kq * 16 + 2 * t;
-        const unsigned* p0 = reinterpret_cast<const unsigned*>(q_base + (long long)row0 * stride + c0);
-        const unsigned* p1 = reinterpret_cast<const unsigned*>(q_base + (long long)row1 * stride + c0);
-        qa[kq][0] = row0 < len ? p0[0] : 0u;
-        qa[kq][1] = row1 < len ? p1[0] : 0u;
-        qa[kq][2] = row0 < len ? p0[4] : 0u;  // +8 elements = +4 words
-        qa[kq][3] = row1 < len ? p1[4] : 0u;
-    }
-
-    float o[DT][4];
-#pragma unroll
-    for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-    float m[2] = {TE_NEG_INF, TE_NEG_INF};  // running max of rows g and g+8, in log2 units
-    float l[2] = {0.0f, 0.0f};            // running sum (this thread's columns only)
-
-    // ldmatrix lane addressing (see ldmatrix_x4): matrix mi = lane >> 3, row lane & 7.
-    const int mi = lane >> 3, mr = lane & 7;
-
-    for (int tile = 0; tile < n_tiles; ++tile) {
-        const int buf = tile & 1;
-        if (tile + 1 < n_tiles) {
-            load_kv(tile + 1, buf ^ 1);  // its buffer was released by the barrier ending tile-1
-            cp_async_wait<1>();          // this thread's copies of `tile` are done
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();  // ... and everyone's
-
-        // S = Q K^T: 16 x BN per warp, fp32.
-        float s[NT][4];
-#pragma unroll
-        for (int i = 0; i < NT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+        // This warp's 16 query rows as mma A fragments, straight from global memory (rows past the
+        // sequence's end read as 0; they are computed and never stored).
+        const int row0 = q_tile + warp * 16 + g, row1 = row0 + 8;
+        unsigned qa[KQ][4];
 #pragma unroll
         for (int kq = 0; kq < KQ; ++kq) {
-#pragma unroll
-            for (int n2 = 0; n2 < NT / 2; ++n2) {
-                // matrices: keys n2*16 + {0,0,8,8} + mr, dims kq*16 + {0,8,0,8}
-                unsigned b[4];
-                ldmatrix_x4(b, &ks[buf][n2 * 16 + (mi >> 1) * 8 + mr][kq * 16 + (mi & 1) * 8]);
-                mma_16816(s[2 * n2], qa[kq], b[0], b[1]);
-                mma_16816(s[2 * n2 + 1], qa[kq], b[2], b[3]);
-            }
+            const int c0 = kq * 16 + 2 * t;
+            const unsigned* p0 = reinterpret_cast<const unsigned*>(q_base + (long long)row0 * stride + c0);
+            const unsigned* p1 = reinterpret_cast<const unsigned*>(q_base + (long long)row1 * stride + c0);
+            qa[kq][0] = row0 < len ? p0[0] : 0u;
+            qa[kq][1] = row1 < len ? p1[0] : 0u;
+            qa[kq][2] = row0 < len ? p0[4] : 0u;  // +8 elements = +4 words
+            qa[kq][3] = row1 < len ? p1[4] : 0u;
         }
 
-        // Online softmax over this tile, rows g (regs 0,1) and g+8 (regs 2,3).
-        const int kv0 = tile * BN;
-        const bool partial = kv0 + BN > len;
+        float o[DT][4];
 #pragma unroll
-        for (int i = 0; i < NT; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int key = kv0 + i * 8 + 2 * t + (j & 1);
-                s[i][j] = (partial && key >= len) ? TE_NEG_INF : s[i][j] * scale_log2;
+        for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+        float m[2] = {TE_NEG_INF, TE_NEG_INF};  // running max of rows g and g+8, in log2 units
+        float l[2] = {0.0f, 0.0f};            // running sum (this thread's columns only)
+
+        // ldmatrix lane addressing (see ldmatrix_x4): matrix mi = lane >> 3, row lane & 7.
+        const int mi = lane >> 3, mr = lane & 7;
+
+        for (int tile = 0; tile < n_tiles; ++tile) {
+            const int buf = tile & 1;
+            if (tile + 1 < n_tiles) {
+                load_kv(tile + 1, buf ^ 1);  // its buffer was released by the barrier ending tile-1
+                cp_async_wait<1>();          // this thread's copies of `tile` are done
+            } else {
+                cp_async_wait<0>();
             }
+            __syncthreads();  // ... and everyone's
+
+            // S = Q K^T: 16 x BN per warp, fp32.
+            float s[NT][4];
+#pragma unroll
+            for (int i = 0; i < NT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+#pragma unroll
+            for (int kq = 0; kq < KQ; ++kq) {
+#pragma unroll
+                for (int n2 = 0; n2 < NT / 2; ++n2) {
+                    // matrices: keys n2*16 + {0,0,8,8} + mr, dims kq*16 + {0,8,0,8}
+                    unsigned b[4];
+                    ldmatrix_x4(b, &ks[buf][n2 * 16 + (mi >> 1) * 8 + mr][kq * 16 + (mi & 1) * 8]);
+                    mma_16816(s[2 * n2], qa[kq], b[0], b[1]);
+                    mma_16816(s[2 * n2 + 1], qa[kq], b[2], b[3]);
+                }
+            }
+
+            // Online softmax over this tile, rows g (regs 0,1) and g+8 (regs 2,3).
+            const int kv0 = tile * BN;
+            const bool partial = kv0 + BN > len;
+#pragma unroll
+            for (int i = 0; i < NT; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int key = kv0 + i * 8 + 2 * t + (j & 1);
+                    s[i][j] = (partial && key >= len) ? TE_NEG_INF : s[i][j] * scale_log2;
+                }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                float mx = TE_NEG_INF;
+#pragma unroll
+                for (int i = 0; i < NT; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * r], s[i][2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the 4 lanes of a row
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float m_new = fmaxf(m[r], mx);  // finite: key 0 of tile 0 is always valid
+                const float alpha = exp2f(m[r] - m_new);
+                m[r] = m_new;
+                float sum = 0.0f;
+#pragma unroll
+                for (int i = 0; i < NT; ++i) {
+                    s[i][2 * r] = exp2f(s[i][2 * r] - m_new);
+                    s[i][2 * r + 1] = exp2f(s[i][2 * r + 1] - m_new);
+                    sum += s[i][2 * r] + s[i][2 * r + 1];
+                }
+                l[r] = l[r] * alpha + sum;
+#pragma unroll
+                for (int i = 0; i < DT; ++i) {
+                    o[i][2 * r] *= alpha;
+                    o[i][2 * r + 1] *= alpha;
+                }
+            }
+
+            // O += P V. P's A fragment for keys kk*16..kk*16+15 is S tiles 2kk and 2kk+1 re-packed.
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; ++kk) {
+                unsigned pa[4];
+                pa[0] = pack2(s[2 * kk][0], s[2 * kk][1]);
+                pa[1] = pack2(s[2 * kk][2], s[2 * kk][3]);
+                pa[2] = pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+                pa[3] = pack2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+                for (int d2 = 0; d2 < D / 16; ++d2) {
+                    // matrices: keys kk*16 + {0,8,0,8} + mr, dims d2*16 + {0,0,8,8}; transposed
+                    unsigned b[4];
+                    ldmatrix_x4_trans(b, &vs[buf][kk * 16 + (mi & 1) * 8 + mr][d2 * 16 + (mi >> 1) * 8]);
+                    mma_16816(o[2 * d2], pa, b[0], b[1]);
+                    mma_16816(o[2 * d2 + 1], pa, b[2], b[3]);
+                }
+            }
+            __syncthreads();  // everyone is done with `buf` before tile+2 is loaded into it
+        }
+
+        // Normalize and store: row sums are split over the 4 lanes of each row.
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            float mx = TE_NEG_INF;
+            float sum = l[r];
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            const float inv = 1.0f / sum;
+            const int row = r == 0 ? row0 : row1;
+            if (row < len) {
+                T* dst = out + (long long)(start + row) * width + head * D + 2 * t;
 #pragma unroll
-            for (int i = 0; i < NT; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * r], s[i][2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the 4 lanes of a row
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float m_new = fmaxf(m[r], mx);  // finite: key 0 of tile 0 is always valid
-            const float alpha = exp2f(m[r] - m_new);
-            m[r] = m_new;
-            float sum = 0.0f;
-#pragma unroll
-            for (int i = 0; i < NT; ++i) {
-                s[i][2 * r] = exp2f(s[i][2 * r] - m_new);
-                s[i][2 * r + 1] = exp2f(s[i][2 * r + 1] - m_new);
-                sum += s[i][2 * r] + s[i][2 * r + 1];
-            }
-            l[r] = l[r] * alpha + sum;
-#pragma unroll
-            for (int i = 0; i < DT; ++i) {
-                o[i][2 * r] *= alpha;
-                o[i][2 * r + 1] *= alpha;
+                for (int i = 0; i < DT; ++i)
+                    *reinterpret_cast<unsigned*>(dst + i * 8) = pack2(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
             }
         }
-
-        // O += P V. P's A fragment for keys kk*16..kk*16+15 is S tiles 2kk and 2kk+1 re-packed.
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            unsigned pa[4];
-            pa[0] = pack2(s[2 * kk][0], s[2 * kk][1]);
-            pa[1] = pack2(s[2 * kk][2], s[2 * kk][3]);
-            pa[2] = pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            pa[3] = pack2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int d2 = 0; d2 < D / 16; ++d2) {
-                // matrices: keys kk*16 + {0,8,0,8} + mr, dims d2*16 + {0,0,8,8}; transposed
-                unsigned b[4];
-                ldmatrix_x4_trans(b, &vs[buf][kk * 16 + (mi & 1) * 8 + mr][d2 * 16 + (mi >> 1) * 8]);
-                mma_16816(o[2 * d2], pa, b[0], b[1]);
-                mma_16816(o[2 * d2 + 1], pa, b[2], b[3]);
-            }
-        }
-        __syncthreads();  // everyone is done with `buf` before tile+2 is loaded into it
-    }
-
-    // Normalize and store: row sums are split over the 4 lanes of each row.
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        float sum = l[r];
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        const float inv = 1.0f / sum;
-        const int row = r == 0 ? row0 : row1;
-        if (row < len) {
-            T* dst = out + (long long)(start + row) * width + head * D + 2 * t;
-#pragma unroll
-            for (int i = 0; i < DT; ++i)
-                *reinterpret_cast<unsigned*>(dst + i * 8) = pack2(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
-        }
-    }
+    }  // q_tile: the key loop's closing barrier released both buffers for the next tile's loads
 }
 
+// Registers (RESOURCES=1), spill-free everywhere: sm_90 d32 108, d64 130, d128 167 (4 / 3 / 3
+// blocks of 128 threads per SM); sm_80 102 / 132 / 167; sm_89 128 / 174 / 207. A min-blocks hint in __launch_bounds__ made them worse (the
+// compiler grows to the cap) or spilled (d64 at 4 blocks): an experiment for a device run.
 #define TC_KERNEL(D, BN)                                                                              \
     extern "C" __global__ void __launch_bounds__(TC_THREADS)                                          \
         attention_d##D(const T* __restrict__ qkv, const int* __restrict__ cu_seqlens, T* __restrict__ out, \

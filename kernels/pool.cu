@@ -7,6 +7,8 @@
 //
 // Shapes: hidden (T, H) T; cu_seqlens (n+1,) int32; out (n, dims) float32, 1 <= dims <= H
 // (dims < H is Matryoshka truncation: keep the first dims components, then renormalize).
+// An empty sequence gets a zero vector (numpy's twin would read a neighbour's row or divide by 0;
+// the engine never sends one).
 // Sums in float32. Numpy twin: NumpyOps.pool_normalize (+ model.truncate_dimensions).
 //
 // Versions, simple to fast:
@@ -32,8 +34,12 @@ extern "C" __global__ void pool_normalize_naive(const T* __restrict__ hidden, co
     const int start = cu_seqlens[seq], end = cu_seqlens[seq + 1];
     const int first = mode == 2 ? end - 1 : start;
     const int last = mode == 1 ? end : first + 1;  // rows [first, last) are averaged
-    const float inv_rows = 1.0f / (float)(last - first);
     float* o = out + (long long)seq * dims;
+    if (end <= start) {  // an empty sequence (the engine never sends one): zeros, no stray reads
+        for (int c = threadIdx.x; c < dims; c += blockDim.x) o[c] = 0.0f;
+        return;
+    }
+    const float inv_rows = 1.0f / (float)(last - first);
     float sq = 0.0f;
     for (int c = threadIdx.x; c < dims; c += blockDim.x) {
         float s = 0.0f;
@@ -54,6 +60,11 @@ extern "C" __global__ void pool_normalize(const T* __restrict__ hidden, const in
     const int first = mode == 2 ? end - 1 : start;
     const int last = mode == 1 ? end : first + 1;
     const int col = threadIdx.x * VEC;
+    if (end <= start) {  // an empty sequence (the engine never sends one): zeros, no stray reads
+        for (int i = 0; i < VEC; ++i)
+            if (col + i < dims) out[(long long)seq * dims + col + i] = 0.0f;
+        return;  // uniform over the block: before any barrier
+    }
     const bool valid = col < dims;  // the vector may reach past dims (not past H): masked below
     float acc[VEC];
 #pragma unroll

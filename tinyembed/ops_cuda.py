@@ -181,6 +181,7 @@ class CudaOps:
         self._staging = [None, None]
         self._staged = [None, None]
         self._turn = 0
+        self._staging_lock = threading.Lock()  # forwards from several threads share the buffers
 
     # -- device context ---------------------------------------------------------------------------
     def _enter(self):
@@ -254,22 +255,23 @@ class CudaOps:
         cp = _cp()
         tokens, n = batch.num_tokens, len(batch)
         count = 2 * tokens + n + 1
-        turn = self._turn
-        self._turn ^= 1
-        if self._staged[turn] is not None:
-            self._staged[turn].synchronize()  # the copy that last read this buffer is done
-        if self._staging[turn] is None or self._staging[turn].size < count:
-            memory = cp.cuda.alloc_pinned_memory(4 * _round_up(max(count, 1 << 16), 1 << 16))
-            self._staging[turn] = np.frombuffer(memory, dtype=np.int32)
-        host = self._staging[turn][:count]
-        host[:tokens] = batch.input_ids
-        host[tokens:2 * tokens] = batch.position_ids
-        host[2 * tokens:] = batch.cu_seqlens
         device = cp.empty(count, dtype=cp.int32)
-        device.set(host, stream=self.stream)
-        event = cp.cuda.Event(disable_timing=True)
-        event.record(self.stream)
-        self._staged[turn] = event
+        with self._staging_lock:
+            turn = self._turn
+            self._turn ^= 1
+            if self._staged[turn] is not None:
+                self._staged[turn].synchronize()  # the copy that last read this buffer is done
+            if self._staging[turn] is None or self._staging[turn].size < count:
+                memory = cp.cuda.alloc_pinned_memory(4 * _round_up(max(count, 1 << 16), 1 << 16))
+                self._staging[turn] = np.frombuffer(memory, dtype=np.int32)
+            host = self._staging[turn][:count]
+            host[:tokens] = batch.input_ids
+            host[tokens:2 * tokens] = batch.position_ids
+            host[2 * tokens:] = batch.cu_seqlens
+            device.set(host, stream=self.stream)
+            event = cp.cuda.Event(disable_timing=True)
+            event.record(self.stream)
+            self._staged[turn] = event
         return device[:tokens], device[tokens:2 * tokens], device[2 * tokens:]
 
     # -- the ops ----------------------------------------------------------------------------------
@@ -308,6 +310,7 @@ class CudaOps:
                      np.uint16: cp.cuda.runtime.CUDA_R_16BF}[self.storage]
         handle = cp.cuda.device.get_cublas_handle()
         cublas.setStream(handle, self.stream.ptr)
+        cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)  # alpha/beta are host floats
         # Row-major Y = X W is column-major Y^T = W^T X^T: W^T is W's buffer with ld = N.
         cublas.gemmEx(handle, cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_N, n, tokens, k,
                       self._one.ctypes.data, w.data.ptr, cuda_type, n,

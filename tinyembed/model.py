@@ -56,6 +56,11 @@ class EncoderModel:
 
     def forward(self, batch: Batch) -> np.ndarray:
         """Packed batch -> (n, H) L2-normalized float32 vectors on the host."""
+        return self.ops.to_host(self.forward_on_device(batch))
+
+    def forward_on_device(self, batch: Batch):
+        """The same, left on the ops' device: a GPU caller may enqueue the next batch before
+        waiting for this one's result."""
         ops, p, spec = self.ops, self.p, self.spec
         eps, heads = spec.layer_norm_eps, spec.num_heads
         ids, positions, cu = ops.upload_batch(batch)
@@ -72,8 +77,7 @@ class EncoderModel:
             ffn = ops.matmul(h, w("ffn_out_w"))  # (T, H)
             x = ops.bias_residual_layernorm(ffn, w("ffn_out_b"), x, w("ln2_w"), w("ln2_b"), eps)  # (T, H)
 
-        pooled = ops.pool_normalize(x, cu, spec.pooling)  # (n, H), unit length
-        return ops.to_host(pooled)
+        return ops.pool_normalize(x, cu, spec.pooling)  # (n, H), unit length
 
 
 def truncate_dimensions(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:

@@ -69,6 +69,7 @@ class ServerConfig:
     threads: int | None = None  # compute threads of the CPU ops (None: the engine decides)
     tokenizer_threads: int = 2
     max_batch_tokens: int = 16384
+    max_batch_sequences: int | None = None  # sequences per forward pass (None: no limit)
     log_format: str = "plain"
     access_log: bool = True
     shutdown_timeout: float = 30.0  # how long SIGTERM waits for in-flight requests

@@ -1,0 +1,382 @@
+"""Routes -> handlers: auth, rate limits, validation, the runner, error mapping, metrics and the
+access log. `run_server` is the process lifecycle: listen, load models, serve, drain on SIGTERM.
+
+Every handler returns a Response or raises; `App.handle` maps what it raised into the OpenAI
+error envelope, so a client never sees a traceback (a bug is a 500 with a request id in the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from . import openapi
+from .auth import ApiKeys
+from .config import ModelSource, ServerConfig
+from .engine import Engine, load_engine
+from .errors import InputError, TinyEmbedError
+from .http import Request, Response, Server, error_response
+from .metrics import TOKEN_BUCKETS, Registry
+from .model import truncate_dimensions
+from .protocol import (ApiError, EmbeddingRequest, ModelCard, ModelList, Status, TokenizeRequest,
+                       TokenizeResponse, Tokens, Usage, decode_request, encode, encode_embeddings,
+                       parse_input, parse_texts)
+from .ratelimit import RateLimited, RateLimiter
+from .runner import DeadlineExceeded, Overloaded, Runner
+from .scheduler import Scheduler
+
+log = logging.getLogger("tinyembed")
+access_log = logging.getLogger("tinyembed.access")
+
+JSON_TYPES = ("application/json",)
+ENCODE_OFF_LOOP = 65536  # floats; bigger responses are encoded on a worker thread
+
+
+@dataclass
+class Served:
+    """A model as clients see it: the id they send (maybe an alias) and the engine behind it."""
+
+    id: str
+    root: str
+    engine: Engine
+    created: int
+
+
+@dataclass
+class Context:
+    """What one request did, for the access log and metrics."""
+
+    route: str = "other"
+    key: str | None = None
+    model: str | None = None
+    tokens: int = 0
+    tokenize_s: float = 0.0
+    embed_s: float = 0.0
+
+
+def load_models(config: ServerConfig) -> list[tuple[ModelSource, Engine]]:
+    """Blocking: load every configured model (called on a worker thread)."""
+    return [(source, load_engine(source.path, name=source.name, device=config.device, dtype=config.dtype,
+                                 threads=config.threads)) for source in config.models]
+
+
+class App:
+    def __init__(self, config: ServerConfig, runner: Runner | None = None, loader=load_models):
+        self.config = config
+        self.keys = ApiKeys(config.api_keys)
+        self.limiter = RateLimiter(config.rate) if config.rate.enabled else None
+        self.runner: Runner = runner or Scheduler(
+            max_batch_tokens=config.max_batch_tokens,
+            max_batch_sequences=config.max_batch_sequences,
+            max_queue_tokens=config.requests.max_queue_tokens,
+        )
+        self.loader = loader
+        self.models: dict[str, Served] = {}
+        self.ready = False
+        self.server: Server | None = None
+        self.pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tinyembed-tokenize")
+        self.routes = {
+            "/v1/embeddings": {"POST": self.embeddings},
+            "/embeddings": {"POST": self.embeddings},
+            "/v1/models": {"GET": self.list_models},
+            "/v1/models/{id}": {"GET": self.get_model},
+            "/tokenize": {"POST": self.tokenize},
+            "/health": {"GET": self.health},
+            "/ready": {"GET": self.readiness},
+            "/metrics": {"GET": self.metrics},
+            "/openapi.json": {"GET": self.openapi},
+        }
+        self.open_routes = {"/health", "/ready", "/metrics", "/openapi.json"}  # no key needed
+        self._openapi = openapi.document(list(self.routes))
+        self._init_metrics()
+
+    def _init_metrics(self) -> None:
+        m = self.registry = Registry()
+        self.m_requests = m.counter("tinyembed_requests_total", "HTTP requests answered", ("route", "status"))
+        self.m_latency = m.histogram("tinyembed_request_seconds", "Arrival to response, per route", ("route",))
+        self.m_tokenize = m.histogram("tinyembed_tokenize_seconds", "Tokenization time per request")
+        self.m_tokens = m.histogram("tinyembed_request_tokens", "Tokens per embeddings request", buckets=TOKEN_BUCKETS)
+        self.m_in_flight = m.gauge("tinyembed_requests_in_flight", "Requests being answered")
+        self.m_connections = m.gauge("tinyembed_open_connections", "Open client connections")
+        self.m_ready = m.gauge("tinyembed_ready", "1 once every model is loaded")
+        self.m_in_flight.set(0)
+        self.m_ready.set(0)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def load(self) -> None:
+        loaded = await asyncio.get_running_loop().run_in_executor(None, self.loader, self.config)
+        created = int(time.time())
+        for source, engine in loaded:
+            for name in (source.name, *source.aliases):
+                self.models[name] = Served(name, source.name, engine, created)
+            log.info("model %s ready: %s", source.name, engine.info)
+        self.ready = True
+        self.m_ready.set(1)
+
+    def count_reject(self, response: Response) -> None:
+        """Protocol-level errors answered by the HTTP layer itself (413, 408, 400, 431, 503)."""
+        self.m_requests.inc("protocol", str(response.status))
+
+    # -- dispatch --------------------------------------------------------------------------------
+    async def handle(self, request: Request) -> Response:
+        ctx = Context()
+        self.m_in_flight.inc()
+        try:
+            response = await self._dispatch(request, ctx)
+        except ApiError as e:
+            response = error_response(e.status, e.code, e.message, e.param, e.headers)
+        except InputError as e:
+            response = error_response(400, e.code, str(e), e.param)
+        except RateLimited as e:
+            response = _rate_limited(e)
+        except Overloaded as e:
+            seconds = str(max(1, math.ceil(e.retry_after)))
+            response = error_response(503, "server_overloaded", "The server is overloaded; retry shortly.",
+                                      headers=(("Retry-After", seconds),))
+        except DeadlineExceeded:
+            response = error_response(408, "timeout", f"The request waited longer than "
+                                      f"{self.config.requests.request_timeout}s for its batch; retry, or send less.")
+        except TinyEmbedError as e:
+            response = error_response(400, "invalid_request", str(e))
+        except asyncio.CancelledError:  # the client disconnected; nobody gets a response
+            self.m_requests.inc(ctx.route, "499")
+            raise
+        except Exception:
+            log.exception("internal error, request id %s", request.id)
+            response = error_response(500, "internal_error", f"Internal server error (request id {request.id}).")
+        finally:
+            self.m_in_flight.inc(by=-1)
+        elapsed = time.monotonic() - request.arrived
+        self.m_requests.inc(ctx.route, str(response.status))
+        self.m_latency.observe(elapsed, ctx.route)
+        if self.config.access_log:
+            self._log_access(request, response, ctx, elapsed)
+        return response
+
+    async def _dispatch(self, request: Request, ctx: Context) -> Response:
+        path = request.path
+        route, params = path, {}
+        if path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
+            route, params = "/v1/models/{id}", {"id": unquote(path[len("/v1/models/"):])}
+        methods = self.routes.get(route)
+        if methods is None:
+            raise ApiError(404, "not_found", f"No route {request.method} {path}. See /openapi.json.")
+        ctx.route = route
+        method = "GET" if request.method == "HEAD" else request.method
+        handler = methods.get(method)
+        if handler is None:
+            allow = ", ".join(sorted({*methods, "HEAD"} if "GET" in methods else methods))
+            raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed on {route}; use {allow}.",
+                           headers=(("Allow", allow),))
+        if route not in self.open_routes:
+            ctx.key = self._authenticate(request)
+            if not self.ready:
+                raise _provisioning()
+            if method == "POST":
+                _require_json(request)
+        return await handler(request, ctx, **params)
+
+    def _authenticate(self, request: Request) -> str:
+        if not self.keys.enabled:
+            return f"client:{request.client}"
+        name = self.keys.check(request.headers.get("authorization"))
+        if name is None:
+            raise ApiError(401, "invalid_api_key", "Incorrect or missing API key. Send it as "
+                           "'Authorization: Bearer <key>'.", headers=(("WWW-Authenticate", "Bearer"),))
+        return name
+
+    def _model(self, name: str | None) -> Served:
+        if name is None:
+            return next(iter(self.models.values()))
+        served = self.models.get(name)
+        if served is None:
+            raise ApiError(404, "model_not_found", f"The model '{name}' does not exist. Served models: "
+                           f"{', '.join(self.models)}.", "model")
+        return served
+
+    # -- embeddings ------------------------------------------------------------------------------
+    async def embeddings(self, request: Request, ctx: Context) -> Response:
+        if self.limiter is not None:
+            self.limiter.check_request(ctx.key)
+        req: EmbeddingRequest = decode_request(request.body, EmbeddingRequest)
+        served = self._model(req.model)
+        engine, limits = served.engine, self.config.requests
+        ctx.model = served.id
+        if req.dimensions is not None and req.dimensions > engine.info.dimensions:
+            raise ApiError(400, "invalid_request", f"'dimensions' must be between 1 and {engine.info.dimensions} "
+                           f"for model '{served.id}'.", "dimensions")
+        texts, id_arrays = parse_input(req.input)
+        count = len(texts if texts is not None else id_arrays)
+        if count > limits.max_inputs:
+            raise ApiError(400, "invalid_input", f"'input' has {count} items; the maximum is {limits.max_inputs}.",
+                           "input")
+        if id_arrays is not None and req.input_type is not None:
+            raise ApiError(400, "invalid_request", "'input_type' applies to text inputs; token ids are used "
+                           "exactly as given.", "input_type")
+        truncate = self.config.auto_truncate if req.truncate is None else req.truncate
+        sequences = await self._tokenize(ctx, engine, texts, id_arrays, truncate, req.input_type)
+        tokens = ctx.tokens = sum(len(s) for s in sequences)
+        if tokens > limits.max_tokens_per_request:
+            raise ApiError(400, "invalid_input", f"This request has {tokens} tokens; the maximum is "
+                           f"{limits.max_tokens_per_request} per request. Split it into smaller requests.", "input")
+        if self.limiter is not None:
+            self.limiter.check_tokens(ctx.key, tokens)
+        self.m_tokens.observe(tokens)
+        tier = "default" if req.service_tier in (None, "auto") else req.service_tier
+        started = time.monotonic()
+        vectors = await self.runner.embed(engine, sequences, tier=tier, key=ctx.key,
+                                          deadline=request.arrived + limits.request_timeout)
+        ctx.embed_s = time.monotonic() - started
+        vectors = truncate_dimensions(vectors, req.dimensions)
+        args = (vectors, req.encoding_format == "base64", req.model, tokens, tier)
+        if vectors.size > ENCODE_OFF_LOOP:
+            body = await asyncio.get_running_loop().run_in_executor(self.pool, encode_embeddings, *args)
+        else:
+            body = encode_embeddings(*args)
+        return Response(200, body)
+
+    async def _tokenize(self, ctx, engine: Engine, texts, id_arrays, truncate: bool, input_type):
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        if texts is not None:
+            sequences = await loop.run_in_executor(self.pool, engine.tokenizer.encode, texts, truncate, input_type)
+        else:
+            sequences = await loop.run_in_executor(self.pool, engine.tokenizer.check_ids, id_arrays, truncate)
+        ctx.tokenize_s = time.monotonic() - started
+        self.m_tokenize.observe(ctx.tokenize_s)
+        return sequences
+
+    # -- the other routes --------------------------------------------------------------------------
+    async def tokenize(self, request: Request, ctx: Context) -> Response:
+        if self.limiter is not None:
+            self.limiter.check_request(ctx.key)
+        req: TokenizeRequest = decode_request(request.body, TokenizeRequest)
+        served = self._model(req.model)
+        texts = parse_texts(req.input)
+        if len(texts) > self.config.requests.max_inputs:
+            raise ApiError(400, "invalid_input", f"'input' has {len(texts)} items; the maximum is "
+                           f"{self.config.requests.max_inputs}.", "input")
+        truncate = self.config.auto_truncate if req.truncate is None else req.truncate
+        sequences = await self._tokenize(ctx, served.engine, texts, None, truncate, req.input_type)
+        tokens = ctx.tokens = sum(len(s) for s in sequences)
+        tokenizer = served.engine.tokenizer
+        data = [Tokens(index=i, ids=seq.tolist(), tokens=tokenizer.tokens(seq)) for i, seq in enumerate(sequences)]
+        return Response(200, encode(TokenizeResponse(data=data, model=served.id, usage=Usage(tokens, tokens))))
+
+    async def list_models(self, request: Request, ctx: Context) -> Response:
+        return Response(200, encode(ModelList(data=[_card(s) for s in self.models.values()])))
+
+    async def get_model(self, request: Request, ctx: Context, id: str) -> Response:
+        return Response(200, encode(_card(self._model(id))))
+
+    async def health(self, request: Request, ctx: Context) -> Response:
+        return Response(200, encode(Status(status="ok")))
+
+    async def readiness(self, request: Request, ctx: Context) -> Response:
+        if not self.ready:
+            raise _provisioning()
+        return Response(200, encode(Status(status="ready", models=list(self.models))))
+
+    async def metrics(self, request: Request, ctx: Context) -> Response:
+        if self.server is not None:
+            self.m_connections.set(len(self.server.connections))
+        text = self.registry.render() + self.runner.metrics()
+        return Response(200, text.encode(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def openapi(self, request: Request, ctx: Context) -> Response:
+        return Response(200, self._openapi)
+
+    # -- logging -------------------------------------------------------------------------------------
+    def _log_access(self, request: Request, response: Response, ctx: Context, elapsed: float) -> None:
+        fields = {
+            "request_id": request.id, "client": request.client, "method": request.method,
+            "path": request.path, "status": response.status, "ms": round(elapsed * 1000, 2),
+            "bytes": len(response.body), "key": ctx.key if self.keys.enabled else None, "model": ctx.model,
+            "tokens": ctx.tokens, "tokenize_ms": round(ctx.tokenize_s * 1000, 2),
+            "embed_ms": round(ctx.embed_s * 1000, 2),
+        }
+        access_log.info("%s %s %s %s %d %.1fms tokens=%d", request.id, request.client, request.method,
+                        request.path, response.status, elapsed * 1000, ctx.tokens, extra={"fields": fields})
+
+
+def _card(served: Served) -> ModelCard:
+    info = served.engine.info
+    return ModelCard(id=served.id, created=served.created, root=served.root, dimensions=info.dimensions,
+                     max_input_tokens=info.max_input_tokens)
+
+
+def _provisioning() -> ApiError:
+    return ApiError(503, "model_provisioning", "The model is still loading; retry shortly.",
+                    headers=(("Retry-After", "5"),))
+
+
+def _require_json(request: Request) -> None:
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return  # lenient: a body without a type is read as JSON
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media not in JSON_TYPES and not media.endswith("+json"):
+        raise ApiError(415, "unsupported_media_type", f"Content-Type {media!r} is not supported; "
+                       "send application/json.")
+
+
+def _rate_limited(e: RateLimited) -> Response:
+    finite = math.isfinite(e.retry_after)
+    seconds = e.retry_after if finite else 60.0
+    headers = [("Retry-After", str(max(1, math.ceil(seconds)))),
+               ("retry-after-ms", str(max(1, math.ceil(seconds * 1000))))]
+    if not finite:  # it can never fit: tell the SDKs not to retry it
+        headers.append(("x-should-retry", "false"))
+    return error_response(429, "rate_limit_exceeded", e.message, headers=tuple(headers))
+
+
+# -- the process --------------------------------------------------------------------------------------
+
+async def run_server(config: ServerConfig, *, runner: Runner | None = None, loader=load_models,
+                     stop: asyncio.Event | None = None, install_signals: bool = True,
+                     on_listening=None) -> int:
+    """Serve until SIGTERM/SIGINT (or `stop` is set); returns the exit code."""
+    stop = stop or asyncio.Event()
+    app = App(config, runner, loader)
+    server = app.server = Server(app.handle, config.http, on_reject=app.count_reject)
+    addresses = await server.listen(config.host, config.port)
+    for address in addresses:
+        log.info("tinyembed listening on http://%s:%d", *address[:2])
+    if on_listening is not None:
+        on_listening(addresses)
+    loop = asyncio.get_running_loop()
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _on_signal, sig, stop)
+    app.runner.start()
+    exit_code = 0
+    loading = loop.create_task(app.load())
+    stopping = loop.create_task(stop.wait())
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if loading.done() and loading.exception() is not None:
+        error = loading.exception()
+        log.error("could not load the models: %s", error if isinstance(error, TinyEmbedError) else repr(error))
+        exit_code = 1
+    else:
+        await stopping
+    loading.cancel()
+    log.info("shutting down: finishing in-flight requests")
+    await server.shutdown(config.shutdown_timeout)
+    await app.runner.stop()
+    app.pool.shutdown(wait=False)
+    log.info("stopped")
+    return exit_code
+
+
+def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
+    if stop.is_set():
+        log.warning("second %s: exiting now", sig.name)
+        raise SystemExit(1)
+    log.info("%s received", sig.name)
+    stop.set()

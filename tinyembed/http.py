@@ -1,0 +1,363 @@
+"""HTTP/1.1 on asyncio.Protocol with httptools parsing.
+
+One `Connection` per socket. Requests are parsed as bytes arrive and queued; one task per
+connection answers them in order (pipelining), so a response never overtakes an earlier one.
+What a client may cost is bounded: header and body size (413 from Content-Length, before the
+body is read), header/body/idle timeouts (a slow or silent client is cut off), a connection cap,
+and how many pipelined requests are read ahead. A client that disconnects cancels the task
+answering it, so its queued work is dropped.
+
+The handler (app.py) turns a `Request` into a `Response` and never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import re
+import time
+from collections import deque
+from typing import Awaitable, Callable
+
+import httptools
+
+from .config import HttpLimits
+from .protocol import error_body, reason
+
+log = logging.getLogger("tinyembed.http")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_request_ids = itertools.count(1)
+_ID_PREFIX = os.urandom(3).hex()
+
+
+class Request:
+    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "id", "arrived", "client")
+
+    def __init__(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
+                 keep_alive: bool, arrived: float, client: str):
+        self.method, self.path, self.query, self.headers = method, path, query, headers
+        self.body, self.keep_alive, self.arrived, self.client = body, keep_alive, arrived, client
+        given = headers.get("x-request-id", "")
+        self.id = given if _REQUEST_ID.match(given) else f"{_ID_PREFIX}-{next(_request_ids)}"
+
+
+class Response:
+    __slots__ = ("status", "body", "content_type", "headers")
+
+    def __init__(self, status: int, body: bytes = b"", content_type: str = "application/json",
+                 headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()):
+        self.status, self.body, self.content_type, self.headers = status, body, content_type, headers
+
+
+def error_response(status: int, code: str, message: str, param: str | None = None,
+                   headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return Response(status, error_body(status, code, message, param), headers=headers)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class _Reject(Exception):
+    """Raised inside parser callbacks: answer with this error, then close the connection.
+    (httptools wraps callback exceptions in its own error type, so the parser callbacks also
+    keep the response on the connection: see `Connection._reject`.)"""
+
+    def __init__(self, response: Response):
+        self.response = response
+
+
+class Server:
+    """Owns the listening socket and the set of open connections; drains them on shutdown."""
+
+    def __init__(self, handler: Handler, limits: HttpLimits,
+                 on_reject: Callable[[Response], None] | None = None):
+        self.handler = handler
+        self.limits = limits
+        self.on_reject = on_reject or (lambda response: None)
+        self.connections: set[Connection] = set()
+        self.draining = False
+        self._server: asyncio.base_events.Server | None = None
+        self._all_closed = asyncio.Event()
+        self._all_closed.set()
+
+    async def listen(self, host: str, port: int) -> list[tuple]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: Connection(self), host, port, backlog=1024)
+        return [sock.getsockname() for sock in self._server.sockets]
+
+    def opened(self, conn: "Connection") -> None:
+        self.connections.add(conn)
+        self._all_closed.clear()
+
+    def closed(self, conn: "Connection") -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            self._all_closed.set()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting, let in-flight requests finish (up to `timeout`), close the rest."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.drain()
+        try:
+            await asyncio.wait_for(self._all_closed.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("shutdown: %d connections still busy after %.0fs; closing them",
+                        len(self.connections), timeout)
+            for conn in list(self.connections):
+                conn.abort()
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, server: Server):
+        self.server = server
+        self.limits = server.limits
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client = ""
+        self.queue: deque[Request | Response] = deque()
+        self.task: asyncio.Task | None = None  # answers the queue, one request at a time
+        self.parsing = False  # inside a request whose end has not arrived yet
+        self.discarding = False  # a final error was queued: input is read and thrown away
+        self.closing = False
+        self.reading_paused = False
+        self.write_paused = False
+        self._drained: asyncio.Future | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._rejected: Response | None = None
+        self._reset_request()
+
+    def _reset_request(self) -> None:
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._arrived = 0.0
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client = peer[0] if isinstance(peer, tuple) else "local"
+        over_cap = len(self.server.connections) >= self.limits.max_connections
+        self.server.opened(self)
+        if over_cap:
+            self._fail(error_response(503, "server_overloaded", "Too many open connections; retry shortly.",
+                                      headers=(("Retry-After", "1"),)))
+        elif self.server.draining:
+            self._close()
+        else:
+            self._set_timer(self.limits.idle_timeout, self._idle_timeout)
+
+    def connection_lost(self, exc) -> None:
+        self.closing = True
+        self._cancel_timer()
+        self.queue.clear()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()  # the client is gone: drop its queued work
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self.server.closed(self)
+
+    def eof_received(self):
+        # Like most servers, a client's FIN counts as a disconnect (half-closed clients that
+        # still wait for a reply are not supported); returning None closes the transport.
+        return None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.discarding or self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(error_response(400, "invalid_request", "Protocol upgrades are not supported."))
+        except (httptools.HttpParserError, _Reject) as exc:
+            if self._rejected is not None:
+                self._fail(self._rejected)
+            else:
+                self._fail(error_response(400, "invalid_request", f"Malformed HTTP request ({exc})."))
+
+    def _reject(self, response: Response) -> _Reject:
+        self._rejected = response
+        return _Reject(response)
+
+    # -- httptools callbacks -----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.parsing = True
+        self._reset_request()
+        self._arrived = time.monotonic()
+        self._set_timer(self.limits.header_timeout, self._read_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value) + 4)
+        if len(self._headers) >= self.limits.max_headers:
+            raise self._reject(error_response(431, "invalid_request", f"More than {self.limits.max_headers} headers."))
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        self._headers[key] = f"{self._headers[key]}, {text}" if key in self._headers else text
+
+    def _count_header_bytes(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise self._reject(error_response(431, "invalid_request",
+                                         f"Request line and headers exceed {self.limits.max_header_bytes} bytes."))
+
+    def on_headers_complete(self) -> None:
+        length = self._headers.get("content-length")
+        if length is not None and length.strip().isdigit() and int(length) > self.limits.max_body_bytes:
+            raise self._reject(_too_large(self.limits.max_body_bytes))
+        self._set_timer(self.limits.body_timeout, self._read_timeout)
+        if self._headers.get("expect", "").lower() == "100-continue" and not self.queue and self._idle_task():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, chunk: bytes) -> None:
+        self._body_size += len(chunk)
+        if self._body_size > self.limits.max_body_bytes:  # chunked bodies have no Content-Length
+            raise self._reject(_too_large(self.limits.max_body_bytes))
+        self._body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        self.parsing = False
+        self._cancel_timer()
+        url = httptools.parse_url(self._url)
+        request = Request(
+            method=self.parser.get_method().decode("ascii", "replace"),
+            path=url.path.decode("latin-1"),
+            query=(url.query or b"").decode("latin-1"),
+            headers=self._headers,
+            body=b"".join(self._body),
+            keep_alive=self.parser.should_keep_alive(),
+            arrived=self._arrived,
+            client=self.client,
+        )
+        self._reset_request()
+        self._enqueue(request)
+        if len(self.queue) >= self.limits.max_pipelined and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    # -- answering, in order -----------------------------------------------------------------
+    def _idle_task(self) -> bool:
+        return self.task is None or self.task.done()
+
+    def _enqueue(self, item: Request | Response) -> None:
+        self.queue.append(item)
+        if self._idle_task():
+            self.task = asyncio.get_running_loop().create_task(self._answer_queue())
+
+    async def _answer_queue(self) -> None:
+        while self.queue and not self.closing:
+            item = self.queue.popleft()
+            if self.reading_paused and len(self.queue) < self.limits.max_pipelined:
+                self.reading_paused = False
+                self.transport.resume_reading()
+            if isinstance(item, Response):  # a protocol error: the last thing this connection says
+                self._write(item, head=False, close=True)
+                self._linger()
+                return
+            try:
+                response = await self.server.handler(item)
+            except Exception:  # the handler should never raise; if it does, answer anyway
+                log.exception("unhandled error answering request %s", item.id)
+                response = error_response(500, "internal_error", f"Internal server error (request id {item.id}).")
+            close = not item.keep_alive or self.server.draining
+            self._write(response, head=item.method == "HEAD", close=close, request=item)
+            if close:
+                self._close()
+                return
+            if self.write_paused:  # the client reads slowly: wait, but not forever
+                loop = asyncio.get_running_loop()
+                self._drained = loop.create_future()
+                # its own timer: the read timers may be running for a pipelined request
+                give_up = loop.call_later(self.limits.body_timeout, self.abort)
+                try:
+                    await self._drained
+                finally:
+                    give_up.cancel()
+        if not self.parsing and not self.closing:
+            if self.server.draining:
+                self._close()
+            else:
+                self._set_timer(self.limits.idle_timeout, self._idle_timeout)
+
+    def _write(self, response: Response, head: bool, close: bool, request: Request | None = None) -> None:
+        if self.closing:
+            return
+        lines = [f"HTTP/1.1 {response.status} {reason(response.status)}",
+                 f"content-type: {response.content_type}",
+                 f"content-length: {len(response.body)}"]
+        if request is not None:
+            lines.append(f"x-request-id: {request.id}")
+        lines.extend(f"{name}: {value}" for name, value in response.headers)
+        lines.append("connection: close" if close else "connection: keep-alive")
+        head_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.transport.write(head_bytes if head else head_bytes + response.body)
+
+    # -- errors, timeouts, closing -------------------------------------------------------------
+    def _fail(self, response: Response) -> None:
+        """Stop parsing; answer `response` after whatever is queued before it; then close."""
+        self.discarding = True
+        self.parsing = False
+        self._cancel_timer()
+        self.server.on_reject(response)
+        self._enqueue(response)
+
+    def _linger(self) -> None:
+        # Closing with unread input makes the kernel send RST, which can destroy the reply
+        # before the client reads it. Half-close instead, discard input until the client
+        # closes, and close for good after linger_timeout.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._set_timer(self.limits.linger_timeout, self._close)
+
+    def _read_timeout(self) -> None:
+        self._fail(error_response(408, "timeout", "Timed out waiting for the request; send it faster."))
+
+    def _idle_timeout(self) -> None:
+        if self._idle_task() and not self.parsing:
+            self._close()
+
+    def drain(self) -> None:
+        """Shutdown: idle connections and half-read requests close now; busy ones after their reply."""
+        if self._idle_task() and not self.queue:
+            self._close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _close(self) -> None:
+        self._cancel_timer()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _set_timer(self, delay: float, callback) -> None:
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(delay, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _too_large(limit: int) -> Response:
+    return error_response(413, "payload_too_large", f"Request body exceeds {limit} bytes; send fewer inputs per request.")

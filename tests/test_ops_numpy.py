@@ -53,6 +53,17 @@ def test_varlen_attention(ops, scale, heads, head_dim):
     assert np.abs(out - reference).max() <= 1e-4 * max(1.0, np.abs(reference).max())
 
 
+def test_long_sequence_attention_runs_in_query_blocks(ops, monkeypatch):
+    import tinyembed.ops_numpy as ops_numpy
+
+    monkeypatch.setattr(ops_numpy, "_MAX_SCORES", 4 * 300 * 7)  # 7 query rows per block
+    rng = np.random.default_rng(5)
+    cu = np.array([0, 300, 301], dtype=np.int32)
+    qkv = rng.standard_normal((301, 3 * 4 * 16)).astype(np.float32)
+    out = ops.attention(qkv, cu, 300, 4)
+    assert np.abs(out - _attention_reference(qkv, cu, 4)).max() <= 1e-5
+
+
 def test_bias_residual_layernorm(ops):
     rng = np.random.default_rng(3)
     y, res = rng.standard_normal((2, 300, 384)).astype(np.float32) * 3

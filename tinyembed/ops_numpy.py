@@ -206,14 +206,23 @@ def _attention_seqs(qkv, out, starts, ends, num_heads):
         q, k, v = x[0, :, :, :d], x[1, :, :, :d], x[2]
         v[:, :, d] = 1.0
         q *= scale
-        scores = q @ k.transpose(0, 2, 1)  # (heads, L, L)
-        if _scores_may_overflow(q, k):
-            scores -= scores.max(axis=2, keepdims=True)  # the usual shift, only when needed
-            np.maximum(scores, -80.0, out=scores)  # e^-80 is negligible; denormals are slow
-        np.exp(scores, out=scores)
-        ctx = scores @ v  # (heads, L, d+1): unnormalized context | row sums
-        ctx[:, :, :d] /= ctx[:, :, d:]
-        out[a:b] = ctx[:, :, :d].transpose(1, 0, 2).reshape(length, width)
+        shift = _scores_may_overflow(q, k)
+        # Long sequences go in query blocks so the scores stay small (8192 tokens at once
+        # would be heads x 8192 x 8192 floats: gigabytes).
+        rows = max(1, _MAX_SCORES // (num_heads * length))
+        for i in range(0, length, rows):
+            j = min(i + rows, length)
+            scores = q[:, i:j] @ k.transpose(0, 2, 1)  # (heads, rows, L)
+            if shift:
+                scores -= scores.max(axis=2, keepdims=True)  # the usual shift, only when needed
+                np.maximum(scores, -80.0, out=scores)  # e^-80 is negligible; denormals are slow
+            np.exp(scores, out=scores)
+            ctx = scores @ v  # (heads, rows, d+1): unnormalized context | row sums
+            ctx[:, :, :d] /= ctx[:, :, d:]
+            out[a + i : a + j] = ctx[:, :, :d].transpose(1, 0, 2).reshape(j - i, width)
+
+
+_MAX_SCORES = 4 * 1024 * 1024  # floats of attention scores held at once per thread (16 MB)
 
 
 # Softmax is shift-invariant, so the max subtraction only guards exp() against overflow.

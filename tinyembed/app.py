@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from . import openapi
+from . import batch_routes, openapi
 from .auth import ApiKeys
 from .config import ModelSource, ServerConfig
 from .engine import Engine, load_engine
@@ -93,6 +93,7 @@ class App:
             "/openapi.json": {"GET": self.openapi},
         }
         self.open_routes = {"/health", "/ready", "/metrics", "/openapi.json"}  # no key needed
+        self.batch = batch_routes.register(self, config.batch)  # /v1/files, /v1/batches when --data-dir is set
         self._openapi = openapi.document(list(self.routes))
         self._init_metrics()
 
@@ -118,6 +119,8 @@ class App:
             log.info("model %s ready: %s", source.name, engine.info)
         self.ready = True
         self.m_ready.set(1)
+        if self.batch is not None:
+            self.batch.start()  # resumes unfinished batches: needs the models
 
     def count_reject(self, response: Response) -> None:
         """Protocol-level errors answered by the HTTP layer itself (413, 408, 400, 431, 503)."""
@@ -164,6 +167,8 @@ class App:
         route, params = path, {}
         if path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
             route, params = "/v1/models/{id}", {"id": unquote(path[len("/v1/models/"):])}
+        elif self.batch is not None:
+            route, params = self.batch.match(path)
         methods = self.routes.get(route)
         if methods is None:
             raise ApiError(404, "not_found", f"No route {request.method} {path}. See /openapi.json.")
@@ -178,7 +183,7 @@ class App:
             ctx.key = self._authenticate(request)
             if not self.ready:
                 raise _provisioning()
-            if method == "POST":
+            if method == "POST" and route not in batch_routes.MULTIPART_ROUTES:
                 _require_json(request)
         return await handler(request, ctx, **params)
 
@@ -368,6 +373,8 @@ async def run_server(config: ServerConfig, *, runner: Runner | None = None, load
     loading.cancel()
     log.info("shutting down: finishing in-flight requests")
     await server.shutdown(config.shutdown_timeout)
+    if app.batch is not None:
+        await app.batch.stop()  # before the runner: batch work in its queue is dropped, redone after a restart
     await app.runner.stop()
     app.pool.shutdown(wait=False)
     log.info("stopped")

@@ -20,7 +20,7 @@ import msgspec
 
 from . import __version__, registry
 from .auth import keys_from_env, read_key_file
-from .config import LOG_FORMATS, HttpLimits, ModelSource, RateLimits, RequestLimits, ServerConfig
+from .config import LOG_FORMATS, BatchSettings, HttpLimits, ModelSource, RateLimits, RequestLimits, ServerConfig
 
 ENV_PREFIX = "TINYEMBED_"
 TRUE = ("1", "true", "yes", "on")
@@ -51,6 +51,10 @@ SERVE_OPTIONS = {
     "--log-format": (str, " | ".join(LOG_FORMATS)),
     "--log-level": (str, "debug | info | warning | error"),
     "--loop": (str, "auto (uvloop when installed) | uvloop | asyncio"),
+    "--data-dir": (str, "folder for the Files and Batches API (sqlite state + files); unset: that API is off"),
+    "--max-upload-bytes": (int, "largest file upload (--max-body-bytes bounds it too)"),
+    "--file-retention-days": (float, "uploaded and batch output files are deleted after this many days; 0 keeps them"),
+    "--max-batch-requests": (int, "requests (lines) per batch file"),
 }
 # flag -> its config field, where the names differ; the default shown in --help is read from there
 CONFIG_FIELDS = {"--rate-limit-rpm": "requests_per_minute", "--rate-limit-tpm": "tokens_per_minute",
@@ -78,7 +82,7 @@ def _config_default(flag: str):
     if flag in FLAG_DEFAULTS:
         return FLAG_DEFAULTS[flag]
     name = CONFIG_FIELDS.get(flag, flag.lstrip("-").replace("-", "_"))
-    for section in (ServerConfig(), HttpLimits(), RequestLimits(), RateLimits()):
+    for section in (ServerConfig(), HttpLimits(), RequestLimits(), RateLimits(), BatchSettings()):
         if name in {f.name for f in fields(section)}:
             return getattr(section, name)
     raise KeyError(f"{flag} has no config field")
@@ -111,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--truncate", action="store_true", help="truncate over-long texts instead of failing")
         if name == "embed":
             sub.add_argument("--dimensions", type=int, default=None, help="Matryoshka: keep the first N, renormalize")
+            from . import bulk
+
+            bulk.add_arguments(sub)  # `embed INPUT -o OUTPUT`: the resumable bulk mode
     commands.add_parser("models", help="list the models this machine can serve without a download")
     return parser
 
@@ -190,6 +197,7 @@ def server_config(args: argparse.Namespace, environ=os.environ) -> tuple[ServerC
         http=_pick(HttpLimits, v),
         requests=_pick(RequestLimits, v),
         rate=_pick(RateLimits, v, requests_per_minute="rate_limit_rpm", tokens_per_minute="rate_limit_tpm"),
+        batch=_pick(BatchSettings, v),
     )
     for name, value in (("max-body-bytes", config.http.max_body_bytes), ("max-connections", config.http.max_connections),
                         ("max-inputs", config.requests.max_inputs), ("max-batch-tokens", config.max_batch_tokens),
@@ -263,6 +271,10 @@ def _read_texts(args) -> list[str]:
 
 
 def embed(args) -> int:
+    if args.output is not None:
+        from . import bulk
+
+        return bulk.run(args)
     from .engine import load_engine
     from .model import truncate_dimensions
 

@@ -57,6 +57,16 @@ class RateLimits:
 
 
 @dataclass(frozen=True)
+class BatchSettings:
+    """The Files and Batches API (batch_routes.py); off unless data_dir is set."""
+
+    data_dir: str | None = None  # sqlite state + file contents; unfinished batches resume from here
+    max_upload_bytes: int = 200 * 1024 * 1024  # per file (OpenAI's batch limit); --max-body-bytes bounds it too
+    file_retention_days: float = 30.0  # uploads and batch outputs are deleted after this; 0 keeps them
+    max_batch_requests: int = 50_000  # lines per batch file
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -77,3 +87,4 @@ class ServerConfig:
     http: HttpLimits = HttpLimits()
     requests: RequestLimits = RequestLimits()
     rate: RateLimits = RateLimits()
+    batch: BatchSettings = BatchSettings()

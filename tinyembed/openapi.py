@@ -29,10 +29,24 @@ OPERATIONS = {
                        Status, (503,))},
     "/metrics": {"get": ("Prometheus metrics (text format 0.0.4)", None, None, ())},
     "/openapi.json": {"get": ("This document", None, None, ())},
+    # The Files and Batches API (batch_routes.py, on when --data-dir is set): OpenAI's shapes.
+    "/v1/files": {"get": ("List uploaded files", None, dict, (401,)),
+                  "post": ("Upload a JSONL batch file (multipart/form-data: file, purpose=batch)", None, dict,
+                           (400, 401, 413))},
+    "/v1/files/{id}": {"get": ("One file's metadata", None, dict, (401, 404)),
+                       "delete": ("Delete a file", None, dict, (401, 404))},
+    "/v1/files/{id}/content": {"get": ("A file's bytes (JSONL)", None, None, (401, 404))},
+    "/v1/batches": {"get": ("List batches, newest first (paged: after, limit)", None, dict, (401,)),
+                    "post": ("Create a batch: input_file_id, endpoint /v1/embeddings, completion_window 24h",
+                             dict, dict, (400, 401, 404))},
+    "/v1/batches/{id}": {"get": ("One batch: status and request_counts", None, dict, (401, 404))},
+    "/v1/batches/{id}/cancel": {"post": ("Cancel a batch", None, dict, (401, 404))},
 }
 
 
 def _ref(kind: type) -> dict:
+    if kind is dict:  # an OpenAI object described by its documentation, not by a Struct here
+        return {"type": "object"}
     return {"$ref": REF.format(name=kind.__name__)}
 
 

@@ -1,0 +1,205 @@
+"""What `tinyembed embed INPUT -o OUTPUT` reads and writes.
+
+Inputs, one record per non-blank line:
+    text    each line is a text
+    jsonl   each line is a JSON object; --field names the text (default "text"), --id-field an id
+    batch   each line is an OpenAI batch request {"custom_id", "method", "url", "body"}
+Outputs:
+    npy     one float32 row per input, in input order (numpy.load reads it)
+    jsonl   one line per input: {"line", "id"?, "index"?, "tokens", "embedding"}
+    batch   one OpenAI batch output line per record, a result or an error (batch_format.py)
+
+Writers append to OUTPUT.partial; `offset()` is where a resumed run truncates it back to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from . import batch_format as fmt
+from .errors import TinyEmbedError
+from .model import truncate_dimensions
+from .protocol import ApiError, EmbeddingRequest, decode_request, parse_input
+
+INPUT_FORMATS = ("auto", "text", "jsonl", "batch")
+OUTPUT_FORMATS = ("auto", "npy", "jsonl", "batch")
+
+
+class BulkError(TinyEmbedError):
+    """A problem with the input or the options; the message names the line."""
+
+
+@dataclass
+class Record:
+    line: int  # 1-based line number in the input
+    id: str | None  # custom_id (batch input), --id-field (jsonl), else None
+    text: str | None = None  # text and jsonl input
+    raw: bytes | None = None  # batch input: the whole line
+
+
+# -- reading -----------------------------------------------------------------------------------------
+
+def detect_input_format(path: Path, field: str | None) -> str:
+    if field is not None:
+        return "jsonl"
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                try:
+                    first = json.loads(raw)
+                except ValueError:
+                    return "text"
+                if isinstance(first, dict) and "custom_id" in first and "body" in first:
+                    return "batch"
+                return "jsonl" if isinstance(first, dict) else "text"
+    return "text"
+
+
+def detect_output_format(path: Path, input_format: str) -> str:
+    if path.suffix == ".npy":
+        return "npy"
+    if path.suffix in (".jsonl", ".json", ".ndjson"):
+        return "batch" if input_format == "batch" else "jsonl"
+    raise BulkError(f"cannot tell the output format from {path.name!r}: name it .npy or .jsonl, "
+                    "or pass --output-format")
+
+
+_any_json = msgspec.json.Decoder()
+
+
+def read_records(path: Path, input_format: str, field: str, id_field: str | None):
+    """Yield a Record per non-blank line, in order."""
+    with open(path, "rb") as f:
+        for line, raw in enumerate(f, 1):
+            stripped = raw.strip()
+            if not stripped:
+                continue
+            if input_format == "batch":
+                yield Record(line, fmt.custom_id_of(stripped), raw=stripped)
+            elif input_format == "text":
+                yield Record(line, None, text=_utf8(raw, line).rstrip("\r\n"))
+            else:
+                yield _jsonl_record(stripped, line, field, id_field)
+
+
+def _utf8(raw: bytes, line: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BulkError(f"line {line}: not UTF-8 text") from None
+
+
+def _jsonl_record(raw: bytes, line: int, field: str, id_field: str | None) -> Record:
+    try:
+        value = _any_json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise BulkError(f"line {line}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise BulkError(f"line {line}: a JSON object is expected")
+    text = value.get(field)
+    if not isinstance(text, str) or not text:
+        raise BulkError(f"line {line}: field {field!r} is missing or not a non-empty string (choose it with --field)")
+    ident = value.get(id_field) if id_field else None
+    return Record(line, None if ident is None else str(ident), text=text)
+
+
+def batch_request(record: Record) -> EmbeddingRequest:
+    """The /v1/embeddings body of a batch line; raises LineError or ApiError."""
+    parsed = fmt.parse_line(record.raw, record.line)
+    return decode_request(bytes(parsed.body), EmbeddingRequest)
+
+
+def count_rows(records, input_format: str) -> int:
+    """How many vectors the records give (for the .npy header); a batch line may hold many."""
+    if input_format != "batch":
+        return sum(1 for _ in records)
+    rows = 0
+    for record in records:
+        try:
+            texts, ids = parse_input(batch_request(record).input)
+        except (fmt.LineError, ApiError) as exc:
+            raise BulkError(f"line {record.line}: {getattr(exc, 'message', exc)} (write -o FILE.jsonl "
+                            "--output-format batch to keep going past bad lines)") from None
+        rows += len(texts if texts is not None else ids)
+    return rows
+
+
+def fingerprint(path: Path, options: dict) -> str:
+    """Input bytes + the options that shape the output: a rerun resumes only if both match."""
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- writing -------------------------------------------------------------------------------------------
+
+class Writer:
+    """Appends to a file opened at `offset` (0 for a new run); `sync()` makes it durable."""
+
+    def __init__(self, path: Path, offset: int):
+        self.file = open(path, "r+b" if offset else "wb")
+        self.file.truncate(offset)
+        self.file.seek(offset)
+
+    def offset(self) -> int:
+        return self.file.tell()
+
+    def sync(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class NpyWriter(Writer):
+    def __init__(self, path: Path, offset: int, rows: int, dims: int):
+        super().__init__(path, offset)
+        self.dims = dims
+        if not offset:
+            np.lib.format.write_array_header_1_0(self.file, {"descr": "<f4", "fortran_order": False,
+                                                             "shape": (rows, dims)})
+
+    def write(self, job, records, items, vectors) -> None:
+        """records[i] -> items[i] (its validated request) -> vectors[i] (its rows; None if it failed)."""
+        rows = [truncate_dimensions(v, item.request.dimensions) for item, v in zip(items, vectors)]
+        for item, block in zip(items, rows):
+            if block.shape[1] != self.dims:
+                raise BulkError(f"line {item.line}: asks for {block.shape[1]} dimensions; this .npy output holds "
+                                f"{self.dims} per row")
+        if rows:
+            self.file.write(np.ascontiguousarray(np.concatenate(rows), dtype="<f4").tobytes())
+
+
+class JsonlWriter(Writer):
+    _encode = msgspec.json.Encoder().encode
+
+    def write(self, job, records, items, vectors) -> None:
+        out = []
+        for record, item, block in zip(records, items, vectors):
+            rows = truncate_dimensions(block, item.request.dimensions).tolist()
+            for index, (seq, row) in enumerate(zip(item.sequences, rows)):
+                entry = {"line": item.line}
+                if record.id is not None:
+                    entry["id"] = record.id
+                if record.raw is not None:
+                    entry["index"] = index
+                entry["tokens"] = len(seq)
+                entry["embedding"] = row
+                out.append(self._encode(entry))
+        if out:
+            self.file.write(b"\n".join(out) + b"\n")
+
+
+class BatchWriter(Writer):
+    def write(self, job, records, items, vectors) -> None:
+        self.file.write(b"".join(job.output_line(item, block) for item, block in zip(items, vectors)))

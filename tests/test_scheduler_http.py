@@ -1,9 +1,7 @@
 """The continuous-batching scheduler seen through a real server process: determinism under
 concurrent mixed load, service tiers, fairness, overload, disconnects, usage metrics, SIGTERM.
 
-The servers here are `tinyembed serve` with the Scheduler as its runner and the scheduler's
-own flags (--max-batch-sequences, --priority-batch-tokens, --aging-batches) taken off the
-command line first (`serve()` below), so these tests hold whatever app.py's default runner is.
+The servers here are plain `tinyembed serve` processes: the Scheduler is its default runner.
 """
 
 from __future__ import annotations
@@ -11,8 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,61 +17,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, RawClient, ServerProcess, post
+from conftest import RawClient, ServerProcess, post
 
 MODEL = "all-MiniLM-L6-v2"
 KEYS = ("k-sched-alpha", "k-sched-beta")
 AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
-SCHEDULER_FLAGS = {"--max-batch-sequences": "max_batch_sequences", "--priority-batch-tokens": "priority_batch_tokens",
-                   "--aging-batches": "aging_batches", "--chunk-tokens": "chunk_tokens"}
-LAUNCH = ("import sys; sys.path.insert(0, {tests!r}); import test_scheduler_http as t; "
-          "sys.exit(t.serve(sys.argv[1:]))")
 
 
-def serve(argv: list[str]) -> int:
-    """`tinyembed serve ARGS` with the Scheduler as runner (run in the server subprocess)."""
-    from tinyembed.app import run_server
-    from tinyembed.cli import build_parser, run_event_loop, server_config, setup_logging
-    from tinyembed.scheduler import Scheduler
-
-    extra, rest = {}, []
-    args = iter(argv)
-    for arg in args:
-        if arg in SCHEDULER_FLAGS:
-            extra[SCHEDULER_FLAGS[arg]] = int(next(args))
-        else:
-            rest.append(arg)
-    config, level = server_config(build_parser().parse_args(["serve", *rest]))
-    setup_logging(config.log_format, level)
-    scheduler = Scheduler(max_batch_tokens=config.max_batch_tokens,
-                          max_queue_tokens=config.requests.max_queue_tokens, **extra)
-    return run_event_loop(run_server(config, runner=scheduler), config.event_loop)
+def rss_mib(proc: ServerProcess) -> float:
+    for line in Path(f"/proc/{proc.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
 
 
-class SchedulerServer(ServerProcess):
-    def __init__(self, args: list[str], log_path: Path):
-        self.log_path = log_path
-        self.log_file = open(log_path, "wb")
-        env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("TINYEMBED_")}
-        code = LAUNCH.format(tests=str(ROOT / "tests"))
-        self.proc = subprocess.Popen([sys.executable, "-c", code, "--host", "127.0.0.1", "--port", "0", *args],
-                                     stdout=self.log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        try:
-            self.port = self._wait_for_port()
-        except BaseException:
-            self.stop(signal.SIGKILL)
-            raise
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")
-
-
-def launch(tmp_path_factory, name: str, args: list[str]) -> SchedulerServer:
-    proc = SchedulerServer(args, tmp_path_factory.mktemp(name) / "server.log")
+def launch(tmp_path_factory, name: str, args: list[str]) -> ServerProcess:
+    proc = ServerProcess(args, tmp_path_factory.mktemp(name) / "server.log")
     try:
         return proc.wait_ready()
     except BaseException:
@@ -257,7 +214,7 @@ def overload(proc, minilm):
     tokens = sum(len(s) for r in requests for s in minilm.tokenizer.encode(r))
     assert tokens >= 10 * 1000
     embed(proc, requests[0][:2], headers={})  # warm up, then measure memory
-    rss_before = proc.rss_mib()
+    rss_before = rss_mib(proc)
     barrier = threading.Barrier(len(requests))
 
     def send(inputs):
@@ -266,7 +223,7 @@ def overload(proc, minilm):
 
     with ThreadPoolExecutor(len(requests)) as pool:
         replies = list(pool.map(send, requests))
-    rss_after = proc.rss_mib()
+    rss_after = rss_mib(proc)
     statuses = [r.status for r in replies]
     assert set(statuses) <= {200, 503}, statuses
     assert statuses.count(503) >= len(requests) // 2

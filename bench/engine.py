@@ -1,8 +1,9 @@
 """Question: how fast is tinyembed's numpy engine against sentence-transformers on this CPU?
 
 Same model (the bundled all-MiniLM-L6-v2), same texts (a mixed-length English corpus), same
-max length (256), same machine, one run. Each contender runs in its own subprocess (no shared
-caches or thread pools), is warmed up, then timed over --repeats passes; the median counts.
+max length (256), same machine, one run. Each timed pass runs in a fresh subprocess (no shared
+caches or thread pools) after a warm-up; --repeats rounds alternate the contenders so that
+noise from neighbours lands on both, and the medians count.
 Tokens are the model's real tokens (specials included) after truncation, counted once.
 
 Then, in this process: a per-op breakdown of one tinyembed pass over the corpus (GEMM,
@@ -71,15 +72,37 @@ def worker(args) -> None:
     print(json.dumps({"times": times}))
 
 
-def measure(name: str, args) -> dict:
+def measure_once(name: str, args) -> float | str:
+    """One timed pass of one contender in a fresh subprocess: seconds, or the error's last line."""
     cmd = [sys.executable, "-m", "bench.engine", "--worker", name, "--texts", str(args.texts),
-           "--repeats", str(args.repeats), "--batch-tokens", str(args.batch_tokens),
+           "--repeats", "1", "--batch-tokens", str(args.batch_tokens),
            "--st-batch-size", str(args.st_batch_size)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
-    times = json.loads(done.stdout.strip().splitlines()[-1])["times"]
-    return {"times": times, "median_s": statistics.median(times)}
+        lines = done.stderr.strip().splitlines()
+        return lines[-1] if lines else "failed"
+    return json.loads(done.stdout.strip().splitlines()[-1])["times"][0]
+
+
+def measure(args) -> tuple[dict, list[float]]:
+    """Rounds that alternate the contenders, so a noisy neighbour slows both alike; per-round
+    ratios (tinyembed speed over sentence-transformers speed) come back with the medians."""
+    times: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    errors: dict[str, str] = {}
+    for _ in range(args.repeats):
+        for name in CONTENDERS:
+            if name in errors:
+                continue
+            result = measure_once(name, args)
+            if isinstance(result, str):
+                errors[name] = result
+            else:
+                times[name].append(result)
+    results = {name: ({"error": errors[name]} if name in errors else
+                      {"times": times[name], "median_s": statistics.median(times[name])}) for name in CONTENDERS}
+    st, te = times["sentence-transformers"], times["tinyembed"]
+    round_ratios = [s / t for s, t in zip(st, te)] if not errors else []
+    return results, round_ratios
 
 
 def matmul_peak_gflops() -> float:
@@ -129,7 +152,7 @@ def main() -> None:
     texts = mixed_corpus(args.texts)
     lengths = [len(s) for s in load_engine(MODEL).tokenizer.encode(texts, truncate=True)]
     tokens = sum(lengths)
-    results = {name: measure(name, args) for name in CONTENDERS}
+    results, round_ratios = measure(args)
     for row in results.values():
         if "median_s" in row:
             row["tokens_per_s"] = tokens / row["median_s"]
@@ -145,6 +168,7 @@ def main() -> None:
         "results": results,
         "ratio": (results["tinyembed"].get("tokens_per_s", 0) / results["sentence-transformers"]["tokens_per_s"]
                   if "tokens_per_s" in results["sentence-transformers"] else None),
+        "round_ratios": round_ratios,
         "matmul_peak_gflops": peak,
         "gemm_gflops": gemm["flops"] / gemm["seconds"] / 1e9,
         "breakdown": breakdown,
@@ -167,6 +191,8 @@ def print_report(r: dict) -> None:
             continue
         ratio = row["tokens_per_s"] / base if base else float("nan")
         print(f"{name:<24}{row['tokens_per_s']:>12.0f}{row['median_s']:>10.2f}{ratio:>8.2f}")
+    if r["round_ratios"]:
+        print("ratio per round (contenders alternate): " + ", ".join(f"{x:.2f}" for x in r["round_ratios"]))
     b = r["breakdown"]
     print(f"\ntinyembed per-op breakdown (one pass, {b['total_s']:.2f} s):")
     print(f"{'op':<16}{'seconds':>9}{'share':>8}{'GFLOP/s':>10}{'GB/s':>8}")

@@ -27,6 +27,15 @@ def test_defaults_come_from_config():
     assert config.models == (ModelSource("all-MiniLM-L6-v2", "all-MiniLM-L6-v2"),)
 
 
+def test_batching_picks_the_runner():
+    from tinyembed.app import make_runner
+    from tinyembed.runner import DirectRunner
+    from tinyembed.scheduler import Scheduler
+
+    assert isinstance(make_runner(config_of([])), Scheduler)
+    assert isinstance(make_runner(config_of(["--batching", "per-request"])), DirectRunner)
+
+
 def test_flags_fill_every_section():
     config = config_of(["--port", "9001", "--auto-truncate", "--max-body-bytes", "1000", "--max-inputs", "8",
                         "--request-timeout", "2.5", "--rate-limit-rpm", "60", "--rate-limit-tpm", "6000",
@@ -68,7 +77,7 @@ def test_model_ids_and_aliases():
 
 
 @pytest.mark.parametrize("argv", [["--log-format", "xml"], ["--max-inputs", "0"], ["--model", "a=/x", "--model", "a=/y"],
-                                  ["--loop", "trio"]])
+                                  ["--loop", "trio"], ["--batching", "sometimes"]])
 def test_bad_settings_exit_2_with_a_message(argv, capsys):
     assert cli.main(["serve", *argv]) == 2
     assert "error" in capsys.readouterr().err

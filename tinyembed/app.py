@@ -28,7 +28,7 @@ from .protocol import (ApiError, EmbeddingRequest, ModelCard, ModelList, Status,
                        TokenizeResponse, Tokens, Usage, decode_request, encode, encode_embeddings,
                        parse_input, parse_texts)
 from .ratelimit import RateLimited, RateLimiter
-from .runner import DeadlineExceeded, Overloaded, Runner
+from .runner import DeadlineExceeded, DirectRunner, Overloaded, Runner
 from .scheduler import Scheduler
 
 log = logging.getLogger("tinyembed")
@@ -66,16 +66,19 @@ def load_models(config: ServerConfig) -> list[tuple[ModelSource, Engine]]:
                                  threads=config.threads)) for source in config.models]
 
 
+def make_runner(config: ServerConfig) -> Runner:
+    if config.batching == "per-request":
+        return DirectRunner(config.max_batch_tokens, config.requests.max_queue_tokens)
+    return Scheduler(max_batch_tokens=config.max_batch_tokens, max_batch_sequences=config.max_batch_sequences,
+                     max_queue_tokens=config.requests.max_queue_tokens)
+
+
 class App:
     def __init__(self, config: ServerConfig, runner: Runner | None = None, loader=load_models):
         self.config = config
         self.keys = ApiKeys(config.api_keys)
         self.limiter = RateLimiter(config.rate) if config.rate.enabled else None
-        self.runner: Runner = runner or Scheduler(
-            max_batch_tokens=config.max_batch_tokens,
-            max_batch_sequences=config.max_batch_sequences,
-            max_queue_tokens=config.requests.max_queue_tokens,
-        )
+        self.runner: Runner = runner or make_runner(config)
         self.loader = loader
         self.models: dict[str, Served] = {}
         self.ready = False

@@ -51,6 +51,8 @@ SERVE_OPTIONS = {
     "--log-format": (str, " | ".join(LOG_FORMATS)),
     "--log-level": (str, "debug | info | warning | error"),
     "--loop": (str, "auto (uvloop when installed) | uvloop | asyncio"),
+    "--batching": (str, "continuous (the scheduler) | per-request (no batching across requests: "
+                        "the baseline bench/server.py compares against)"),
     "--data-dir": (str, "folder for the Files and Batches API (sqlite state + files); unset: that API is off"),
     "--max-upload-bytes": (int, "largest file upload (--max-body-bytes bounds it too)"),
     "--file-retention-days": (float, "uploaded and batch output files are deleted after this many days; 0 keeps them"),
@@ -185,10 +187,13 @@ def server_config(args: argparse.Namespace, environ=os.environ) -> tuple[ServerC
         raise ValueError(f"--log-format must be one of {LOG_FORMATS}")
     if v["loop"] is not None and v["loop"] not in ("auto", "uvloop", "asyncio"):
         raise ValueError("--loop must be auto, uvloop or asyncio")
+    if v["batching"] is not None and v["batching"] not in ("continuous", "per-request"):
+        raise ValueError("--batching must be continuous or per-request")
     config = ServerConfig(**{k: val for k, val in dict(
         host=v["host"], port=v["port"], device=v["device"], dtype=v["dtype"], threads=v["threads"],
         tokenizer_threads=v["tokenizer_threads"], max_batch_tokens=v["max_batch_tokens"],
         max_batch_sequences=v["max_batch_sequences"], log_format=v["log_format"], shutdown_timeout=v["shutdown_timeout"], event_loop=v["loop"],
+        batching=v["batching"],
     ).items() if val is not None},
         models=model_sources(v["model"], v["served_model_name"]),
         api_keys=tuple(keys),

@@ -80,6 +80,7 @@ class ServerConfig:
     tokenizer_threads: int = 2
     max_batch_tokens: int = 16384
     max_batch_sequences: int | None = None  # sequences per forward pass (None: no limit)
+    batching: str = "continuous"  # continuous (Scheduler) | per-request (DirectRunner: a baseline)
     log_format: str = "plain"
     access_log: bool = True
     shutdown_timeout: float = 30.0  # how long SIGTERM waits for in-flight requests

@@ -419,18 +419,21 @@ def markdown(report: dict) -> str:
     rows = []
     for r in report["rows"]:
         if "error" in r:
-            rows.append([r["corpus"], r["contender"], "-", "-", "-", "-", "-", r["error"][:80]])
+            rows.append([r["corpus"], r["contender"], "-", "-", "-", "-", "-", "-", r["error"][:80]])
             continue
+        spread = max(r["times"]) / min(r["times"]) - 1 if len(r["times"]) > 1 else None
         rows.append([r["corpus"], r["contender"], fmt(r["tokens_per_s"]), fmt(r["median_s"], ".2f"),
+                     fmt(100 * spread, ".0f") + "%" if spread is not None else "-",
                      fmt(r.get("tinyembed_speedup"), ".2f") + "x", f"{r['computed_tokens']:,}", fmt(100 * r["padding"], ".0f") + "%",
                      fmt(r.get("min_cosine_to_tinyembed"), ".6f")])
-    out.append(table(["corpus", "contender", "tokens/s", "median s", "tinyembed speed-up", "computed tokens", "padding",
-                      "min cos vs tinyembed"], rows, "llrrrrrr"))
+    out.append(table(["corpus", "contender", "tokens/s", "median s", "spread", "tinyembed speed-up", "computed tokens",
+                      "padding", "min cos vs tinyembed"], rows, "llrrrrrrr"))
     corpus = report["corpus"]
     out.append("")
     out.append("Corpora: " + "; ".join(
         f"{k}: {v['items']} items, {v['tokens']:,} tokens (mean {v['mean_tokens']}, {v['min_tokens']}-{v['max_tokens']})"
-        for k, v in corpus.items()) + f". Repeats: {report['settings']['repeats']} (median).")
+        for k, v in corpus.items()) + f". Repeats: {report['settings']['repeats']} (median; spread = slowest pass over "
+        "fastest, minus 1: a large spread means the machine was disturbed during that row).")
     return "\n".join(out)
 
 

@@ -129,3 +129,10 @@ def test_models_command_lists_the_bundled_model(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("all-minilm-l6-v2\tbundled\t") and "not installed" not in out.splitlines()[0]
+
+
+def test_bench_command_runs_the_suite_from_the_checkout():
+    done = subprocess.run([sys.executable, "-m", "tinyembed.cli", "bench", "--help"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--peers" in done.stdout and "--quick" in done.stdout

@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
             bulk.add_arguments(sub)  # `embed INPUT -o OUTPUT`: the resumable bulk mode
     commands.add_parser("models", help="list the models this machine can serve without a download")
+    from .bench_cli import add_parser as add_bench_parser
+
+    add_bench_parser(commands)
     return parser
 
 
@@ -316,6 +319,11 @@ def models(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the suite parses its own options
+        from .bench_cli import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     command = {"serve": serve, "embed": embed, "tokenize": tokenize, "models": models}[args.command]
     try:

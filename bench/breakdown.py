@@ -39,7 +39,7 @@ import numpy as np
 
 from bench.common import MODEL, fmt, median, new_report, pyplot, table
 from bench.corpus import fixed_length_corpus, mixed_corpus
-from bench.op_profile import CATEGORIES, COSTS, OpProfiler
+from bench.op_profile import CATEGORIES, OpProfiler
 
 # the order ops run in one layer, as model.py calls them (matmul appears three times)
 LAYER_OPS = ("qkv", "attention", "attn_out", "add_ln1", "ffn_in", "gelu", "ffn_out", "add_ln2")
@@ -97,10 +97,7 @@ class LayerProfiler(OpProfiler):
                 t0 = time.perf_counter()
                 out = fn(*args)
                 self._add(name, where, time.perf_counter() - t0)
-            flops, nbytes = COSTS[name](*args)
-            self.flops[name] += flops
-            self.bytes[name] += nbytes
-            self.calls[name] += 1
+            self._count(name, args)
             return out
 
         return call

@@ -73,13 +73,16 @@ class OpProfiler:
             start = time.perf_counter()
             out = fn(*args)
             self.seconds[name] += time.perf_counter() - start
-            flops, nbytes = COSTS[name](*args)
-            self.flops[name] += flops
-            self.bytes[name] += nbytes
-            self.calls[name] += 1
+            self._count(name, args)
             return out
 
         return call
+
+    def _count(self, name, args) -> None:
+        flops, nbytes = COSTS[name](*args)
+        self.flops[name] += flops
+        self.bytes[name] += nbytes
+        self.calls[name] += 1
 
     def by_category(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}

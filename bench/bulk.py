@@ -60,7 +60,8 @@ def run_engine(corpus: Path, batch_tokens: int) -> float:
 
 
 def run_bulk(corpus: Path, batch_tokens: int, workdir: Path) -> float:
-    from tinyembed import bulk, cli
+    from tinyembed.jobs import bulk
+    from tinyembed import cli
     from tinyembed.engine import load_engine
 
     engine = load_engine(MODEL)

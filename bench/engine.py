@@ -50,7 +50,7 @@ def run_tinyembed(texts: list[str], repeats: int, batch_tokens: int) -> list[flo
 def run_sentence_transformers(texts: list[str], repeats: int, batch_size: int) -> list[float]:
     from sentence_transformers import SentenceTransformer
 
-    from tinyembed.registry import resolve
+    from tinyembed.engine.registry import resolve
 
     model = SentenceTransformer(str(resolve(MODEL)), device="cpu")
     model.max_seq_length = 256

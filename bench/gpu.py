@@ -133,8 +133,8 @@ def workload_flops(config: dict, lengths: list[int]) -> float:
 # -- workloads ---------------------------------------------------------------------------------
 def tokenizer_dir() -> Path:
     """The BERT tokenizer of all-MiniLM-L6-v2: the bundled package, else the local HF cache."""
-    from tinyembed.errors import TinyEmbedError
-    from tinyembed.registry import resolve
+    from tinyembed.common.errors import TinyEmbedError
+    from tinyembed.engine.registry import resolve
 
     try:
         return resolve("all-MiniLM-L6-v2")
@@ -387,7 +387,7 @@ def ceilings(dtype: str) -> tuple[str, dict]:
     """The device's name, its copy bandwidth (GB/s, read + write) and cuBLAS GEMM rate (TFLOP/s)."""
     import cupy as cp
 
-    from tinyembed.ops_cuda import CudaOps
+    from tinyembed.engine.ops_cuda import CudaOps
 
     ops = CudaOps(0, dtype)
     name = cp.cuda.runtime.getDeviceProperties(0)["name"]
@@ -418,8 +418,8 @@ def kernel_table(dtype: str, ceiling: dict) -> list[dict]:
 def _kernel_rows(dtype: str, version: str, ceiling: dict) -> list[dict]:
     import cupy as cp
 
-    from tinyembed.model import Batch
-    from tinyembed.ops_cuda import CudaOps
+    from tinyembed.engine.model import Batch
+    from tinyembed.engine.ops_cuda import CudaOps
 
     h, inner, heads, vocab, seqs, length = 768, 3072, 12, 30522, 64, 512
     batch = Batch.pack([np.random.default_rng(i).integers(0, vocab, length) for i in range(seqs)])

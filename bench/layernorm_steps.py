@@ -63,7 +63,7 @@ def blocked(y, bias, residual, w, b, eps):
 
 
 def make_threaded(threads: int):
-    from tinyembed.ops_numpy import NumpyOps
+    from tinyembed.engine.ops_numpy import NumpyOps
 
     ops = NumpyOps(threads)
     return lambda y, bias, residual, w, b, eps: ops.bias_residual_layernorm(y, bias, residual, w, b, eps)

@@ -82,7 +82,7 @@ def make_sentence_transformers(model: str, settings: dict):
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from tinyembed.registry import resolve
+    from tinyembed.engine.registry import resolve
 
     st = SentenceTransformer(str(resolve(model)), device="cpu")
 
@@ -108,7 +108,7 @@ def make_onnxruntime(model: str, settings: dict):
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
-    from tinyembed.registry import resolve
+    from tinyembed.engine.registry import resolve
 
     path = resolve(model)
     options = ort.SessionOptions()
@@ -252,7 +252,7 @@ def _threads(name: str) -> dict:
 
 def export_onnx(model: str, log=sys.stderr) -> tuple[str | None, str | None]:
     """-> (path to model.onnx, error). Exported once per model directory, cached in bench/results."""
-    from tinyembed.registry import resolve
+    from tinyembed.engine.registry import resolve
 
     path = resolve(model)
     weights = path / "model.safetensors"

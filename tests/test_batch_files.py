@@ -10,8 +10,8 @@ import threading
 import openai
 import pytest
 
-from tinyembed import batch_files
-from tinyembed.protocol import ApiError
+from tinyembed.jobs import files as batch_files
+from tinyembed.server.protocol import ApiError
 
 GOOD_LINE = b'{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {"model": "m", "input": "x"}}\n'
 

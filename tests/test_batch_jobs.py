@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from tinyembed.batch_jobs import JobRunner, new_batch_row, plan, decode_create
-from tinyembed.batch_store import Store
-from tinyembed.protocol import ApiError
-from tinyembed.runner import DirectRunner, Overloaded
+from tinyembed.jobs.batches import JobRunner, new_batch_row, plan, decode_create
+from tinyembed.jobs.store import Store
+from tinyembed.server.protocol import ApiError
+from tinyembed.scheduler.runner import DirectRunner, Overloaded
 
 DEADLINE_S = 60.0
 

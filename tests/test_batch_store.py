@@ -11,7 +11,7 @@ import sqlite3
 
 import pytest
 
-from tinyembed.batch_store import Store
+from tinyembed.jobs.store import Store
 
 
 class Clock:
@@ -170,7 +170,7 @@ def test_concurrent_reader_sees_committed_state_only(store, tmp_path):
 
 
 def test_one_process_per_data_dir(store, tmp_path):
-    from tinyembed.errors import TinyEmbedError
+    from tinyembed.common.errors import TinyEmbedError
 
     with pytest.raises(TinyEmbedError, match="in use by another tinyembed process"):
         Store(tmp_path / "data")

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT, TINY_MODEL
 from tinyembed import cli
-from tinyembed.config import ModelSource, ServerConfig
+from tinyembed.server.config import ModelSource, ServerConfig
 
 
 def config_of(argv: list[str], env: dict | None = None) -> ServerConfig:
@@ -28,8 +28,8 @@ def test_defaults_come_from_config():
 
 
 def test_batching_picks_the_runner():
-    from tinyembed.app import make_runner
-    from tinyembed.runner import DirectRunner
+    from tinyembed.server.app import make_runner
+    from tinyembed.scheduler.runner import DirectRunner
     from tinyembed.scheduler import Scheduler
 
     assert isinstance(make_runner(config_of([])), Scheduler)
@@ -102,7 +102,7 @@ def test_embed_command_prints_engine_vectors(capsys, tiny):
     assert cli.main(["embed", "--model", TINY_MODEL, "--dimensions", "8", "hello", "world"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["index"] for line in lines] == [0, 1]
-    from tinyembed.model import truncate_dimensions
+    from tinyembed.engine.model import truncate_dimensions
 
     expected = truncate_dimensions(tiny.embed_texts(["hello", "world"]), 8)
     np.testing.assert_allclose(np.array([line["embedding"] for line in lines], np.float32), expected, atol=1e-7)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tinyembed.engine import load_engine
-from tinyembed.errors import InputError, ModelLoadError, TinyEmbedError
+from tinyembed.common.errors import InputError, ModelLoadError, TinyEmbedError
 
 from engine_fixtures import FIXTURES
 

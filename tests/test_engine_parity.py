@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tinyembed.engine import Engine, load_engine
-from tinyembed.model import EncoderModel
-from tinyembed.weights import load_params
+from tinyembed.engine.model import EncoderModel
+from tinyembed.engine.weights import load_params
 
 from engine_fixtures import FIXTURES, TINY_MODELS, minilm_golden, tiny_expected, tiny_texts
 

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-from tinyembed.protocol import EmbeddingRequest
+from tinyembed.server.protocol import EmbeddingRequest
 
 KEYS = ("k-main-secret", "k-rpm-secret", "k-file-secret", "k-tpm-secret")
 

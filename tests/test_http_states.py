@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from conftest import TINY_MODEL, RawClient, post
-from tinyembed.app import run_server
-from tinyembed.config import HttpLimits, ModelSource, RequestLimits, ServerConfig
-from tinyembed.runner import DirectRunner
+from tinyembed.server.app import run_server
+from tinyembed.server.config import HttpLimits, ModelSource, RequestLimits, ServerConfig
+from tinyembed.scheduler.runner import DirectRunner
 
 WAIT = 30.0  # bound on every wait for the server thread
 

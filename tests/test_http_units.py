@@ -12,12 +12,12 @@ import msgspec
 import numpy as np
 import pytest
 
-from tinyembed.auth import ApiKeys, fingerprint
-from tinyembed.config import RateLimits
-from tinyembed.metrics import Registry
-from tinyembed.protocol import ApiError, EmbeddingRequest, decode_request, encode_embeddings, parse_input
-from tinyembed.ratelimit import RateLimited, RateLimiter, TokenBucket
-from tinyembed.runner import DeadlineExceeded, DirectRunner, Overloaded, split_by_tokens
+from tinyembed.server.auth import ApiKeys, fingerprint
+from tinyembed.server.config import RateLimits
+from tinyembed.common.metrics import Registry
+from tinyembed.server.protocol import ApiError, EmbeddingRequest, decode_request, encode_embeddings, parse_input
+from tinyembed.server.ratelimit import RateLimited, RateLimiter, TokenBucket
+from tinyembed.scheduler.runner import DeadlineExceeded, DirectRunner, Overloaded, split_by_tokens
 
 
 class Clock:

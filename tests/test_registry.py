@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from tinyembed import registry
+from tinyembed.engine import registry
 from tinyembed.engine import load_engine
-from tinyembed.errors import ModelNotFoundError
+from tinyembed.common.errors import ModelNotFoundError
 
 from engine_fixtures import FIXTURES
 

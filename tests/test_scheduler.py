@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tinyembed.engine import load_engine
-from tinyembed.runner import DeadlineExceeded, Overloaded
+from tinyembed.scheduler.runner import DeadlineExceeded, Overloaded
 from tinyembed.scheduler import Scheduler
 
 TEST_TIMEOUT = 60.0

@@ -261,7 +261,7 @@ def test_a_vanished_client_costs_no_compute_after_it_is_noticed(sched):
 
 # -- usage per key ----------------------------------------------------------------------------------
 def test_usage_per_api_key_in_metrics(sched):
-    from tinyembed.auth import fingerprint
+    from tinyembed.server.auth import fingerprint
 
     label = fingerprint(KEYS[1])
     before_requests = sched.metric("tinyembed_usage_requests_total", key=label, model=MODEL)

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tinyembed.model import Batch
-from tinyembed.runner import DeadlineExceeded, Overloaded
+from tinyembed.engine.model import Batch
+from tinyembed.scheduler.runner import DeadlineExceeded, Overloaded
 from tinyembed.scheduler import Scheduler
-from tinyembed.scheduler_queues import FLEX, PRIORITY, Request, TierQueues
+from tinyembed.scheduler.queues import FLEX, PRIORITY, Request, TierQueues
 
 from test_scheduler import run, seq
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tinyembed.engine import load_engine
-from tinyembed.errors import InputError
+from tinyembed.common.errors import InputError
 
 from engine_fixtures import FIXTURES
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import msgspec
 
-from . import __version__, registry
-from .auth import keys_from_env, read_key_file
-from .config import LOG_FORMATS, BatchSettings, HttpLimits, ModelSource, RateLimits, RequestLimits, ServerConfig
+from tinyembed import __version__
+from tinyembed.engine import registry
+from tinyembed.server.auth import keys_from_env, read_key_file
+from tinyembed.server.config import LOG_FORMATS, BatchSettings, HttpLimits, ModelSource, RateLimits, RequestLimits, ServerConfig
 
 ENV_PREFIX = "TINYEMBED_"
 TRUE = ("1", "true", "yes", "on")
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--truncate", action="store_true", help="truncate over-long texts instead of failing")
         if name == "embed":
             sub.add_argument("--dimensions", type=int, default=None, help="Matryoshka: keep the first N, renormalize")
-            from . import bulk
+            from tinyembed.jobs import bulk
 
             bulk.add_arguments(sub)  # `embed INPUT -o OUTPUT`: the resumable bulk mode
     commands.add_parser("models", help="list the models this machine can serve without a download")
@@ -267,7 +268,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"tinyembed serve: error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_format, level)
-    from .app import run_server
+    from tinyembed.server.app import run_server
 
     return run_event_loop(run_server(config), config.event_loop)
 
@@ -280,11 +281,11 @@ def _read_texts(args) -> list[str]:
 
 def embed(args) -> int:
     if args.output is not None:
-        from . import bulk
+        from tinyembed.jobs import bulk
 
         return bulk.run(args)
-    from .engine import load_engine
-    from .model import truncate_dimensions
+    from tinyembed.engine.backend import load_engine
+    from tinyembed.engine.model import truncate_dimensions
 
     engine = load_engine(args.model, device=args.device, dtype=args.dtype)
     sequences = engine.tokenizer.encode(_read_texts(args), args.truncate, args.input_type)
@@ -295,7 +296,7 @@ def embed(args) -> int:
 
 
 def tokenize(args) -> int:
-    from .engine import load_engine
+    from tinyembed.engine.backend import load_engine
 
     engine = load_engine(args.model, device=args.device, dtype=args.dtype)
     for i, ids in enumerate(engine.tokenizer.encode(_read_texts(args), args.truncate, args.input_type)):
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command(args)
     except Exception as exc:
-        from .errors import TinyEmbedError
+        from tinyembed.common.errors import TinyEmbedError
 
         if isinstance(exc, TinyEmbedError):
             print(f"tinyembed {args.command}: error: {exc}", file=sys.stderr)

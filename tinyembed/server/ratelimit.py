@@ -11,7 +11,7 @@ import math
 import time
 from collections import OrderedDict
 
-from .config import RateLimits
+from tinyembed.server.config import RateLimits
 
 
 class TokenBucket:

@@ -23,10 +23,10 @@ from typing import Awaitable, Callable
 
 import httptools
 
-from .config import HttpLimits
-from .protocol import error_body, reason
+from tinyembed.server.config import HttpLimits
+from tinyembed.server.protocol import error_body, reason
 
-log = logging.getLogger("tinyembed.http")
+log = logging.getLogger("tinyembed.server.http")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _request_ids = itertools.count(1)

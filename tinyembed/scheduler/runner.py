@@ -13,8 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
-from .engine import Engine
-from .metrics import TOKEN_BUCKETS, Registry
+from tinyembed.engine.backend import Engine
+from tinyembed.common.metrics import TOKEN_BUCKETS, Registry
 
 
 class Overloaded(Exception):

@@ -14,7 +14,7 @@ import re
 
 import msgspec
 
-from .protocol import ApiError
+from tinyembed.server.protocol import ApiError
 
 PURPOSES = ("batch",)  # what may be uploaded; batch results get "batch_output"
 MIN_EXPIRY, MAX_EXPIRY = 3600, 30 * 24 * 3600  # OpenAI's bounds for expires_after[seconds]

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import registry
-from .errors import TinyEmbedError
-from .model import Batch, EncoderModel, truncate_dimensions
-from .spec import ModelSpec
-from .tokenize import Tokenizer
-from .weights import load_params
+from tinyembed.engine import registry
+from tinyembed.common.errors import TinyEmbedError
+from tinyembed.engine.model import Batch, EncoderModel, truncate_dimensions
+from tinyembed.engine.spec import ModelSpec
+from tinyembed.engine.tokenize import Tokenizer
+from tinyembed.engine.weights import load_params
 
 
 @dataclass(frozen=True)
@@ -77,17 +77,17 @@ class Engine:
 def make_ops(device: str = "cpu", dtype: str | None = None, threads: int | None = None):
     """Ops for a device: "cpu", "cuda", "cuda:N", or "auto" (CUDA when CuPy sees a GPU)."""
     if device == "auto":
-        from . import ops_cuda
+        from tinyembed.engine import ops_cuda
 
         device = "cuda" if ops_cuda.available() else "cpu"
     if device == "cpu":
         if dtype not in (None, "float32"):
             raise TinyEmbedError(f"--dtype {dtype} needs a GPU; the CPU path computes in float32")
-        from .ops_numpy import NumpyOps
+        from tinyembed.engine.ops_numpy import NumpyOps
 
         return NumpyOps(threads)
     if device == "cuda" or device.startswith("cuda:"):
-        from . import ops_cuda
+        from tinyembed.engine import ops_cuda
 
         index = int(device.partition(":")[2] or 0)
         return ops_cuda.CudaOps(index, dtype or "float16")

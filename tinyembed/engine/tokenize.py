@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 
-from .errors import InputError, ModelLoadError
-from .spec import ModelSpec
+from tinyembed.common.errors import InputError, ModelLoadError
+from tinyembed.engine.spec import ModelSpec
 
 INPUT_TYPES = ("query", "document")
 

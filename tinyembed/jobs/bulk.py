@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 from msgspec import Raw
 
-from . import batch_format as fmt
-from .bulk_io import (INPUT_FORMATS, OUTPUT_FORMATS, BatchWriter, BulkError, JsonlWriter, NpyWriter, Record,
+from tinyembed.jobs import format as fmt
+from tinyembed.jobs.bulk_io import (INPUT_FORMATS, OUTPUT_FORMATS, BatchWriter, BulkError, JsonlWriter, NpyWriter, Record,
                       count_rows, detect_input_format, detect_output_format, fingerprint,
                       read_records)
-from .config import RequestLimits
-from .protocol import ApiError, EmbeddingRequest
+from tinyembed.server.config import RequestLimits
+from tinyembed.server.protocol import ApiError, EmbeddingRequest
 
 WRITERS = {"npy": NpyWriter, "jsonl": JsonlWriter, "batch": BatchWriter}
 INTERRUPTED = 130  # the shell's code for "stopped by SIGINT"
@@ -88,7 +88,7 @@ class BulkJob:
         self.partial = self.output.with_name(self.output.name + ".partial")
         self.progress = self.output.with_name(self.output.name + ".progress")
         if engine is None:
-            from .engine import load_engine
+            from tinyembed.engine.backend import load_engine
 
             engine = load_engine(args.model, device=args.device, dtype=args.dtype)
         self.engine = engine

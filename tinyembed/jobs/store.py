@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import TinyEmbedError
+from tinyembed.common.errors import TinyEmbedError
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")  # the job runner owns these
 TERMINAL = ("failed", "completed", "expired", "cancelled")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import msgspec
 
-from . import __version__
-from .protocol import (INPUT_SHAPES, REQUEST_TYPES, RESPONSE_TYPES, EmbeddingRequest, EmbeddingResponse,
+from tinyembed import __version__
+from tinyembed.server.protocol import (INPUT_SHAPES, REQUEST_TYPES, RESPONSE_TYPES, EmbeddingRequest, EmbeddingResponse,
                        ModelCard, ModelList, Status, TokenizeRequest, TokenizeResponse)
 
 REF = "#/components/schemas/{name}"

@@ -19,10 +19,11 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from . import batch_files, batch_jobs
-from .batch_store import Store
-from .http import Request, Response
-from .protocol import ApiError
+from tinyembed.jobs import files as batch_files
+from tinyembed.jobs import batches as batch_jobs
+from tinyembed.jobs.store import Store
+from tinyembed.server.http import Request, Response
+from tinyembed.server.protocol import ApiError
 
 log = logging.getLogger("tinyembed.batch")
 

@@ -1,5 +1,5 @@
 """CPU ops in float32 numpy: the forward pass's building blocks, and the reference every CUDA
-kernel in kernels/*.cu is checked against (same names, same arguments).
+kernel in kernels/cuda/*.cu is checked against (same names, same arguments).
 
 Layout is packed and padding-free: activations are (total_tokens, width) and `cu_seqlens`
 (n+1,) marks where each sequence starts. GEMMs go to numpy's BLAS (which uses every core).

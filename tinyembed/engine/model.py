@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ops_numpy import normalize
-from .spec import ModelSpec
+from tinyembed.engine.ops_numpy import normalize
+from tinyembed.engine.spec import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ import msgspec
 import numpy as np
 from msgspec import Raw, Struct
 
-from .errors import InputError
-from .model import truncate_dimensions
-from .protocol import ApiError, EmbeddingRequest, decode_request, encode_embeddings, error_body, parse_input
+from tinyembed.common.errors import InputError
+from tinyembed.engine.model import truncate_dimensions
+from tinyembed.server.protocol import ApiError, EmbeddingRequest, decode_request, encode_embeddings, error_body, parse_input
 
 ENDPOINT = "/v1/embeddings"
 ENDPOINTS = (ENDPOINT, "/embeddings")

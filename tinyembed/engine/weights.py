@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelLoadError
-from .spec import ModelSpec
+from tinyembed.common.errors import ModelLoadError
+from tinyembed.engine.spec import ModelSpec
 
 # Prefixes seen in the wild; a checkpoint uses one of them or none.
 PREFIXES = ("bert.", "roberta.", "model.", "encoder_model.")

@@ -23,10 +23,10 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from . import batch_format as fmt
-from .errors import TinyEmbedError
-from .model import truncate_dimensions
-from .protocol import ApiError, EmbeddingRequest, decode_request, parse_input
+from tinyembed.jobs import format as fmt
+from tinyembed.common.errors import TinyEmbedError
+from tinyembed.engine.model import truncate_dimensions
+from tinyembed.server.protocol import ApiError, EmbeddingRequest, decode_request, parse_input
 
 INPUT_FORMATS = ("auto", "text", "jsonl", "batch")
 OUTPUT_FORMATS = ("auto", "npy", "jsonl", "batch")

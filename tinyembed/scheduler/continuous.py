@@ -35,9 +35,9 @@ from functools import partial
 
 import numpy as np
 
-from .metrics import LATENCY_BUCKETS, Registry
-from .runner import DeadlineExceeded, Overloaded
-from .scheduler_queues import PRIORITY, TIER_RANK, TIERS, FormedBatch, Request, TierQueues
+from tinyembed.common.metrics import LATENCY_BUCKETS, Registry
+from tinyembed.scheduler.runner import DeadlineExceeded, Overloaded
+from tinyembed.scheduler.queues import PRIORITY, TIER_RANK, TIERS, FormedBatch, Request, TierQueues
 
 __all__ = ["Scheduler", "Overloaded", "DeadlineExceeded"]
 

@@ -16,20 +16,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from . import batch_routes, openapi
-from .auth import ApiKeys
-from .config import ModelSource, ServerConfig
-from .engine import Engine, load_engine
-from .errors import InputError, TinyEmbedError
-from .http import Request, Response, Server, error_response
-from .metrics import TOKEN_BUCKETS, Registry
-from .model import truncate_dimensions
-from .protocol import (ApiError, EmbeddingRequest, ModelCard, ModelList, Status, TokenizeRequest,
+from tinyembed.jobs import routes as batch_routes
+from tinyembed.server import openapi
+from tinyembed.server.auth import ApiKeys
+from tinyembed.server.config import ModelSource, ServerConfig
+from tinyembed.engine.backend import Engine, load_engine
+from tinyembed.common.errors import InputError, TinyEmbedError
+from tinyembed.server.http import Request, Response, Server, error_response
+from tinyembed.common.metrics import TOKEN_BUCKETS, Registry
+from tinyembed.engine.model import truncate_dimensions
+from tinyembed.server.protocol import (ApiError, EmbeddingRequest, ModelCard, ModelList, Status, TokenizeRequest,
                        TokenizeResponse, Tokens, Usage, decode_request, encode, encode_embeddings,
                        parse_input, parse_texts)
-from .ratelimit import RateLimited, RateLimiter
-from .runner import DeadlineExceeded, DirectRunner, Overloaded, Runner
-from .scheduler import Scheduler
+from tinyembed.server.ratelimit import RateLimited, RateLimiter
+from tinyembed.scheduler.runner import DeadlineExceeded, DirectRunner, Overloaded, Runner
+from tinyembed.scheduler.continuous import Scheduler
 
 log = logging.getLogger("tinyembed")
 access_log = logging.getLogger("tinyembed.access")

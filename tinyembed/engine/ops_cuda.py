@@ -1,7 +1,7 @@
 """GPU ops: the same contract as NumpyOps (ops_numpy.py), run on an NVIDIA GPU through CuPy.
 
 GEMMs go to cuBLAS (cublasGemmEx, fp32 accumulation); every other op is one of our kernels in
-kernels/*.cu (same names as their numpy twins), compiled once per storage dtype with NVRTC by
+kernels/cuda/*.cu (same names as their numpy twins), compiled once per storage dtype with NVRTC by
 cupy.RawModule and cached on disk by CuPy.
 
 Storage: activations and matrix weights in the compute dtype (float16 by default, bfloat16 or
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TinyEmbedError
+from tinyembed.common.errors import TinyEmbedError
 
-DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}  # -> TE_DTYPE in kernels/common.cuh
+DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}  # -> TE_DTYPE in kernels/cuda/common.cuh
 # file -> its entry points (each fast kernel beside its naive teaching version)
 KERNELS = {
     "embed.cu": ("embed", "embed_naive"),
@@ -82,17 +82,17 @@ def available() -> bool:
 
 
 def kernel_dir() -> Path:
-    """Where the .cu files are: the installed `tinyembed.kernels` package (wheel or editable
-    install), else the source checkout's kernels/ folder beside the package."""
+    """Where the .cu files are: the installed `tinyembed.kernels` package's cuda/ folder (wheel or
+    editable install), else the source checkout's kernels/cuda/."""
     candidates = []
     try:
         spec = importlib.util.find_spec("tinyembed.kernels")
         if spec is not None and spec.submodule_search_locations:
-            candidates += [Path(p) for p in spec.submodule_search_locations]
+            candidates += [Path(p) / "cuda" for p in spec.submodule_search_locations]
     except (ImportError, ValueError):
         pass
-    here = Path(__file__).resolve().parent
-    candidates += [here / "kernels", here.parent / "kernels"]
+    checkout = Path(__file__).resolve().parents[2]
+    candidates += [checkout / "kernels" / "cuda"]
     for path in candidates:
         if all((path / name).is_file() for name in KERNEL_FILES):
             return path

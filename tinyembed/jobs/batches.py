@@ -30,10 +30,10 @@ import msgspec
 import numpy as np
 from msgspec import Struct
 
-from . import batch_format as fmt
-from .batch_store import Store, dump_json, load_json, new_id
-from .protocol import ApiError, validation_error
-from .runner import Overloaded, split_by_tokens
+from tinyembed.jobs import format as fmt
+from tinyembed.jobs.store import Store, dump_json, load_json, new_id
+from tinyembed.server.protocol import ApiError, validation_error
+from tinyembed.scheduler.runner import Overloaded, split_by_tokens
 
 log = logging.getLogger("tinyembed.batch")
 

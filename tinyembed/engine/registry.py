@@ -11,7 +11,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from .errors import ModelNotFoundError
+from tinyembed.common.errors import ModelNotFoundError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ModelLoadError
+from tinyembed.common.errors import ModelLoadError
 
 # config.json `model_type` -> the family whose forward pass we run.
 ARCHITECTURES = {

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Compile every kernels/*.cu with nvcc for every GPU generation tinyembed targets (sm_80 A100,
+# Compile every kernels/cuda/*.cu with nvcc for every GPU generation tinyembed targets (sm_80 A100,
 # sm_89 L4/L40/RTX 40xx, sm_90 H100/H200) and every storage dtype (TE_DTYPE 0 float32,
 # 1 float16, 2 bfloat16), with all warnings as errors. Exits non-zero on the first failure.
 # CI runs it (.ci/run) whenever nvcc exists; at run time CuPy compiles the same sources with
 # NVRTC for the GPU it finds, so this is the check that a syntax or type error never lands.
 #
-#   bash kernels/compile_all.sh                    # everything, in parallel on all cores
-#   ARCHS="90" DTYPES="1" bash kernels/compile_all.sh
-#   RESOURCES=1 bash kernels/compile_all.sh        # also print registers / shared memory / spills
+#   bash kernels/cuda/compile_all.sh                    # everything, in parallel on all cores
+#   ARCHS="90" DTYPES="1" bash kernels/cuda/compile_all.sh
+#   RESOURCES=1 bash kernels/cuda/compile_all.sh        # also print registers / shared memory / spills
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,7 +18,7 @@ JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 shopt -s nullglob
 SOURCES=(*.cu)
 if [ ${#SOURCES[@]} -eq 0 ]; then
-    echo "compile_all.sh: no kernels/*.cu found" >&2
+    echo "compile_all.sh: no kernels/cuda/*.cu found" >&2
     exit 1
 fi
 

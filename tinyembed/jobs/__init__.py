@@ -1,0 +1,1 @@
+"""Durable work beside the server: the Files and Batches API and the bulk `tinyembed embed`."""

@@ -1,0 +1,1 @@
+"""HTTP in and out: the httptools server, routes, msgspec protocol, auth, rate limits, config."""

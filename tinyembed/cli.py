@@ -268,9 +268,12 @@ def serve(args: argparse.Namespace) -> int:
         print(f"tinyembed serve: error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_format, level)
+    from tinyembed.jobs import routes as batch_routes
     from tinyembed.server.app import run_server
 
-    return run_event_loop(run_server(config), config.event_loop)
+    # The Files/Batches API sits above the server, so the entry point mounts it (None without --data-dir).
+    mounts = (lambda app: batch_routes.register(app, config.batch),)
+    return run_event_loop(run_server(config, mounts=mounts), config.event_loop)
 
 
 # -- offline commands -----------------------------------------------------------------------------
@@ -284,19 +287,18 @@ def embed(args) -> int:
         from tinyembed.jobs import bulk
 
         return bulk.run(args)
-    from tinyembed.engine.backend import load_engine
-    from tinyembed.engine.model import truncate_dimensions
+    from tinyembed.engine import load_engine
 
     engine = load_engine(args.model, device=args.device, dtype=args.dtype)
     sequences = engine.tokenizer.encode(_read_texts(args), args.truncate, args.input_type)
-    vectors = truncate_dimensions(engine.embed_sequences(sequences), args.dimensions)
+    vectors = engine.embed_sequences(sequences, dimensions=args.dimensions)
     for i, (seq, vector) in enumerate(zip(sequences, vectors)):
         print(msgspec.json.encode({"index": i, "tokens": len(seq), "embedding": vector.tolist()}).decode())
     return 0
 
 
 def tokenize(args) -> int:
-    from tinyembed.engine.backend import load_engine
+    from tinyembed.engine import load_engine
 
     engine = load_engine(args.model, device=args.device, dtype=args.dtype)
     for i, ids in enumerate(engine.tokenizer.encode(_read_texts(args), args.truncate, args.input_type)):

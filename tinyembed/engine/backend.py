@@ -55,6 +55,11 @@ class Engine:
             return np.zeros((0, self.info.dimensions), dtype=np.float32)
         return self.model.forward(batch)
 
+    def with_dimensions(self, vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+        """Matryoshka `dimensions`: the first N components of each vector, renormalized to unit
+        length; None (or the native size) leaves the vectors as they are."""
+        return truncate_dimensions(vectors, dimensions)
+
     def embed_sequences(self, sequences: list[np.ndarray], max_batch_tokens: int = 16384,
                         dimensions: int | None = None) -> np.ndarray:
         """Token-id arrays -> vectors, packed into batches of at most max_batch_tokens."""
@@ -67,7 +72,7 @@ class Engine:
             tokens += len(seq)
         if batch or not out:
             out.append(self.embed(self.pack(batch)))
-        return truncate_dimensions(np.concatenate(out), dimensions)
+        return self.with_dimensions(np.concatenate(out), dimensions)
 
     def embed_texts(self, texts: list[str], truncate: bool = True, input_type: str | None = None,
                     dimensions: int | None = None) -> np.ndarray:

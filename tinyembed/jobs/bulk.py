@@ -88,7 +88,7 @@ class BulkJob:
         self.partial = self.output.with_name(self.output.name + ".partial")
         self.progress = self.output.with_name(self.output.name + ".progress")
         if engine is None:
-            from tinyembed.engine.backend import load_engine
+            from tinyembed.engine import load_engine
 
             engine = load_engine(args.model, device=args.device, dtype=args.dtype)
         self.engine = engine

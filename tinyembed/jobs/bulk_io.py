@@ -25,7 +25,6 @@ import numpy as np
 
 from tinyembed.jobs import format as fmt
 from tinyembed.common.errors import TinyEmbedError
-from tinyembed.engine.model import truncate_dimensions
 from tinyembed.server.protocol import ApiError, EmbeddingRequest, decode_request, parse_input
 
 INPUT_FORMATS = ("auto", "text", "jsonl", "batch")
@@ -171,7 +170,7 @@ class NpyWriter(Writer):
 
     def write(self, job, records, items, vectors) -> None:
         """records[i] -> items[i] (its validated request) -> vectors[i] (its rows; None if it failed)."""
-        rows = [truncate_dimensions(v, item.request.dimensions) for item, v in zip(items, vectors)]
+        rows = [item.engine.with_dimensions(v, item.request.dimensions) for item, v in zip(items, vectors)]
         for item, block in zip(items, rows):
             if block.shape[1] != self.dims:
                 raise BulkError(f"line {item.line}: asks for {block.shape[1]} dimensions; this .npy output holds "
@@ -186,7 +185,7 @@ class JsonlWriter(Writer):
     def write(self, job, records, items, vectors) -> None:
         out = []
         for record, item, block in zip(records, items, vectors):
-            rows = truncate_dimensions(block, item.request.dimensions).tolist()
+            rows = item.engine.with_dimensions(block, item.request.dimensions).tolist()
             for index, (seq, row) in enumerate(zip(item.sequences, rows)):
                 entry = {"line": item.line}
                 if record.id is not None:

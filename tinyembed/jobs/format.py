@@ -20,7 +20,6 @@ import numpy as np
 from msgspec import Raw, Struct
 
 from tinyembed.common.errors import InputError
-from tinyembed.engine.model import truncate_dimensions
 from tinyembed.server.protocol import ApiError, EmbeddingRequest, decode_request, encode_embeddings, error_body, parse_input
 
 ENDPOINT = "/v1/embeddings"
@@ -162,7 +161,7 @@ def _tokenize_one(item: LineRequest) -> None:
 
 def response_body(item: LineRequest, vectors: np.ndarray, tier: str) -> bytes:
     req = item.request
-    vectors = truncate_dimensions(vectors, req.dimensions)
+    vectors = item.engine.with_dimensions(vectors, req.dimensions)
     return encode_embeddings(vectors, req.encoding_format == "base64", req.model, item.tokens, tier)
 
 

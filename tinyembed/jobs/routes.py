@@ -1,6 +1,6 @@
 """HTTP handlers for /v1/files* and /v1/batches*, and the hooks that wire them into the app.
 
-    api = batch_routes.register(app, settings)   # None unless settings.data_dir is set
+    api = batch_routes.register(app, settings)   # None unless settings.data_dir is set (cli.py mounts it)
     route, params = api.match(path)              # "/v1/files/{id}/content", {"id": "file-.."}
     api.start()  (once the models are loaded)    await api.stop()  (before the runner stops)
 
@@ -53,6 +53,7 @@ class BatchApi:
     def __init__(self, app, data_dir, *, max_upload_bytes: int, retention_seconds: float, max_requests: int,
                  clock=None, **job_options):
         self.app = app
+        self.raw_body_routes = MULTIPART_ROUTES  # multipart uploads: the app skips its JSON check
         self.max_upload_bytes = max_upload_bytes
         self.retention_seconds = retention_seconds
         self.store = Store(data_dir, **({"clock": clock} if clock else {}))

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from tinyembed.engine.backend import Engine
+from tinyembed.engine import Engine
 from tinyembed.common.metrics import TOKEN_BUCKETS, Registry
 
 

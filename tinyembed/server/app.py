@@ -16,15 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from tinyembed.jobs import routes as batch_routes
 from tinyembed.server import openapi
 from tinyembed.server.auth import ApiKeys
 from tinyembed.server.config import ModelSource, ServerConfig
-from tinyembed.engine.backend import Engine, load_engine
+from tinyembed.engine import Engine, load_engine
 from tinyembed.common.errors import InputError, TinyEmbedError
 from tinyembed.server.http import Request, Response, Server, error_response
 from tinyembed.common.metrics import TOKEN_BUCKETS, Registry
-from tinyembed.engine.model import truncate_dimensions
 from tinyembed.server.protocol import (ApiError, EmbeddingRequest, ModelCard, ModelList, Status, TokenizeRequest,
                        TokenizeResponse, Tokens, Usage, decode_request, encode, encode_embeddings,
                        parse_input, parse_texts)
@@ -75,7 +73,7 @@ def make_runner(config: ServerConfig) -> Runner:
 
 
 class App:
-    def __init__(self, config: ServerConfig, runner: Runner | None = None, loader=load_models):
+    def __init__(self, config: ServerConfig, runner: Runner | None = None, loader=load_models, mounts=()):
         self.config = config
         self.keys = ApiKeys(config.api_keys)
         self.limiter = RateLimiter(config.rate) if config.rate.enabled else None
@@ -97,7 +95,11 @@ class App:
             "/openapi.json": {"GET": self.openapi},
         }
         self.open_routes = {"/health", "/ready", "/metrics", "/openapi.json"}  # no key needed
-        self.batch = batch_routes.register(self, config.batch)  # /v1/files, /v1/batches when --data-dir is set
+        # Route groups from the layers above the server (the Files/Batches API): the entry point
+        # hands in `mount(app) -> group | None`; a group adds its routes to app.routes and has
+        # match(path), raw_body_routes, start() and async stop().
+        self.groups = [group for group in (mount(self) for mount in mounts) if group is not None]
+        self.raw_body_routes = frozenset().union(*(group.raw_body_routes for group in self.groups))
         self._openapi = openapi.document(list(self.routes))
         self._init_metrics()
 
@@ -123,8 +125,8 @@ class App:
             log.info("model %s ready: %s", source.name, engine.info)
         self.ready = True
         self.m_ready.set(1)
-        if self.batch is not None:
-            self.batch.start()  # resumes unfinished batches: needs the models
+        for group in self.groups:
+            group.start()  # e.g. resumes unfinished batches: needs the models
 
     def count_reject(self, response: Response) -> None:
         """Protocol-level errors answered by the HTTP layer itself (413, 408, 400, 431, 503)."""
@@ -171,8 +173,11 @@ class App:
         route, params = path, {}
         if path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
             route, params = "/v1/models/{id}", {"id": unquote(path[len("/v1/models/"):])}
-        elif self.batch is not None:
-            route, params = self.batch.match(path)
+        else:
+            for group in self.groups:
+                route, params = group.match(path)
+                if route in self.routes:
+                    break
         methods = self.routes.get(route)
         if methods is None:
             raise ApiError(404, "not_found", f"No route {request.method} {path}. See /openapi.json.")
@@ -187,7 +192,7 @@ class App:
             ctx.key = self._authenticate(request)
             if not self.ready:
                 raise _provisioning()
-            if method == "POST" and route not in batch_routes.MULTIPART_ROUTES:
+            if method == "POST" and route not in self.raw_body_routes:
                 _require_json(request)
         return await handler(request, ctx, **params)
 
@@ -242,7 +247,7 @@ class App:
         vectors = await self.runner.embed(engine, sequences, tier=tier, key=ctx.key,
                                           deadline=request.arrived + limits.request_timeout)
         ctx.embed_s = time.monotonic() - started
-        vectors = truncate_dimensions(vectors, req.dimensions)
+        vectors = engine.with_dimensions(vectors, req.dimensions)
         args = (vectors, req.encoding_format == "base64", req.model, tokens, tier)
         if vectors.size > ENCODE_OFF_LOOP:
             body = await asyncio.get_running_loop().run_in_executor(self.pool, encode_embeddings, *args)
@@ -349,10 +354,10 @@ def _rate_limited(e: RateLimited) -> Response:
 
 async def run_server(config: ServerConfig, *, runner: Runner | None = None, loader=load_models,
                      stop: asyncio.Event | None = None, install_signals: bool = True,
-                     on_listening=None) -> int:
+                     on_listening=None, mounts=()) -> int:
     """Serve until SIGTERM/SIGINT (or `stop` is set); returns the exit code."""
     stop = stop or asyncio.Event()
-    app = App(config, runner, loader)
+    app = App(config, runner, loader, mounts)
     server = app.server = Server(app.handle, config.http, on_reject=app.count_reject)
     addresses = await server.listen(config.host, config.port)
     for address in addresses:
@@ -377,8 +382,8 @@ async def run_server(config: ServerConfig, *, runner: Runner | None = None, load
     loading.cancel()
     log.info("shutting down: finishing in-flight requests")
     await server.shutdown(config.shutdown_timeout)
-    if app.batch is not None:
-        await app.batch.stop()  # before the runner: batch work in its queue is dropped, redone after a restart
+    for group in app.groups:
+        await group.stop()  # before the runner: batch work in its queue is dropped, redone after a restart
     await app.runner.stop()
     app.pool.shutdown(wait=False)
     log.info("stopped")

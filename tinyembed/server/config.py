@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tinyembed.engine.registry import DEFAULT_MODEL
+from tinyembed.engine import DEFAULT_MODEL
 
 SERVICE_TIERS = ("auto", "default", "flex", "priority")
 LOG_FORMATS = ("plain", "json")

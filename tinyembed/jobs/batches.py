@@ -9,7 +9,7 @@ A batch moves through OpenAI's states, each step committed before the next begin
 Validation reads the input file once: it counts the requests, notes envelope errors and
 repeated custom_ids, and cuts the file into chunks (byte ranges of up to `chunk_lines` lines).
 Each chunk is then parsed, validated, tokenized, embedded and encoded on its own, and its result
-lines are committed with its done mark (batch_store.py): after a crash, done chunks are kept and
+lines are committed with its done mark (jobs/store.py): after a crash, done chunks are kept and
 the rest are redone, so each custom_id lands in the result files exactly once.
 
 The embedding work goes through the server's Runner at the "flex" tier, in pieces of at most

@@ -7,7 +7,7 @@ Inputs, one record per non-blank line:
 Outputs:
     npy     one float32 row per input, in input order (numpy.load reads it)
     jsonl   one line per input: {"line", "id"?, "index"?, "tokens", "embedding"}
-    batch   one OpenAI batch output line per record, a result or an error (batch_format.py)
+    batch   one OpenAI batch output line per record, a result or an error (jobs/format.py)
 
 Writers append to OUTPUT.partial; `offset()` is where a resumed run truncates it back to.
 """

@@ -1,7 +1,7 @@
 """Continuous batching: many concurrent requests -> full, padding-free batches, one compute
 thread per device, the event loop never blocked.
 
-    embed() --admission--> TierQueues (scheduler_queues.py) --form--> staged batch
+    embed() --admission--> TierQueues (scheduler/queues.py) --form--> staged batch
             --launch--> compute thread: engine.embed(batch) --done--> vectors scattered
             back to each request on the loop; a request's future resolves when all its
             sequences are in.
@@ -62,7 +62,7 @@ class Scheduler:
         long batch. chunk_tokens: what one request gives per round-robin turn (default
         max_batch_tokens // 8). aging_batches, aged_share: a default/flex request passed over
         by aging_batches batches gets up to aged_share of the next batches ahead of better
-        tiers (flex is never starved). See scheduler_queues.py for the batch former."""
+        tiers (flex is never starved). See queues.py for the batch former."""
         self._queue_args = dict(max_batch_tokens=max_batch_tokens, max_batch_sequences=max_batch_sequences,
                                 priority_batch_tokens=priority_batch_tokens, chunk_tokens=chunk_tokens,
                                 aging_batches=aging_batches, aged_share=aged_share,

@@ -58,7 +58,7 @@ class RateLimits:
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """The Files and Batches API (batch_routes.py); off unless data_dir is set."""
+    """The Files and Batches API (jobs/routes.py); off unless data_dir is set."""
 
     data_dir: str | None = None  # sqlite state + file contents; unfinished batches resume from here
     max_upload_bytes: int = 200 * 1024 * 1024  # per file (OpenAI's batch limit); --max-body-bytes bounds it too

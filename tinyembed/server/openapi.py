@@ -29,7 +29,7 @@ OPERATIONS = {
                        Status, (503,))},
     "/metrics": {"get": ("Prometheus metrics (text format 0.0.4)", None, None, ())},
     "/openapi.json": {"get": ("This document", None, None, ())},
-    # The Files and Batches API (batch_routes.py, on when --data-dir is set): OpenAI's shapes.
+    # The Files and Batches API (jobs/routes.py, on when --data-dir is set): OpenAI's shapes.
     "/v1/files": {"get": ("List uploaded files", None, dict, (401,)),
                   "post": ("Upload a JSONL batch file (multipart/form-data: file, purpose=batch)", None, dict,
                            (400, 401, 413))},

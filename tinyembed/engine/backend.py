@@ -28,6 +28,7 @@ class ModelInfo:
     pooling: str
     device: str
     prompts: dict[str, str] = field(default_factory=dict)
+    kernels: str = ""  # which kernels run: "c" or "numpy" on the CPU, "cuda" on a GPU
 
 
 class Engine:
@@ -44,6 +45,7 @@ class Engine:
             pooling=spec.pooling,
             device=ops.name,
             prompts=dict(spec.prompts),
+            kernels=getattr(ops, "kernels", ops.name),
         )
 
     def pack(self, sequences: list[np.ndarray]) -> Batch:
@@ -88,9 +90,9 @@ def make_ops(device: str = "cpu", dtype: str | None = None, threads: int | None 
     if device == "cpu":
         if dtype not in (None, "float32"):
             raise TinyEmbedError(f"--dtype {dtype} needs a GPU; the CPU path computes in float32")
-        from tinyembed.engine.ops_numpy import NumpyOps
+        from tinyembed.engine.ops_c import make_cpu_ops
 
-        return NumpyOps(threads)
+        return make_cpu_ops(threads)  # C kernels when they build, else numpy (logged)
     if device == "cuda" or device.startswith("cuda:"):
         from tinyembed.engine import ops_cuda
 

@@ -23,6 +23,7 @@ _BLOCK_ELEMENTS = 32 * 1024  # a block of rows and its temporaries stay inside L
 
 class NumpyOps:
     name = "cpu"
+    kernels = "numpy"
 
     def __init__(self, threads: int | None = None):
         self.threads = threads or min(8, os.cpu_count() or 1)

@@ -1,5 +1,6 @@
-"""The numpy engine against its references: sentence-transformers on the real all-MiniLM-L6-v2
-(golden vectors), transformers on tiny random BERT and XLM-R checkpoints in fp32/fp16/bf16."""
+"""The CPU engine against its references: sentence-transformers on the real all-MiniLM-L6-v2
+(golden vectors), transformers on tiny random BERT and XLM-R checkpoints in fp32/fp16/bf16.
+Every test runs twice, on the numpy ops and on the C kernels (the `ops` fixture)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,32 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tinyembed.engine import Engine, load_engine
+from tinyembed.engine import Engine, registry
 from tinyembed.engine.model import EncoderModel
+from tinyembed.engine.ops_numpy import NumpyOps
+from tinyembed.engine.spec import ModelSpec
 from tinyembed.engine.weights import load_params
 
 from engine_fixtures import FIXTURES, TINY_MODELS, minilm_golden, tiny_expected, tiny_texts
 
 
+@pytest.fixture(scope="module", params=["numpy", "c"])
+def ops(request):
+    if request.param == "numpy":
+        return NumpyOps(threads=2)
+    from test_ops_c import _library
+    from tinyembed.engine.ops_c import COps
+
+    return COps(_library(), threads=2)
+
+
+def load_engine(model: str, ops) -> Engine:
+    return Engine(model, ModelSpec.from_dir(registry.resolve(model)), ops)
+
+
 @pytest.fixture(scope="module")
-def minilm() -> Engine:
-    return load_engine("all-MiniLM-L6-v2")
+def minilm(ops) -> Engine:
+    return load_engine("all-MiniLM-L6-v2", ops)
 
 
 def test_minilm_matches_sentence_transformers_golden_vectors(minilm):
@@ -33,8 +50,8 @@ def test_minilm_matches_sentence_transformers_golden_vectors(minilm):
 
 
 @pytest.mark.parametrize("name", TINY_MODELS)
-def test_tiny_model_tokenization_matches_reference(name):
-    engine = load_engine(str(FIXTURES / name))
+def test_tiny_model_tokenization_matches_reference(name, ops):
+    engine = load_engine(str(FIXTURES / name), ops)
     expected = tiny_expected(name)
     sequences = engine.tokenizer.encode(tiny_texts(), truncate=True)
     np.testing.assert_array_equal(np.concatenate(sequences), expected["input_ids"])
@@ -43,8 +60,8 @@ def test_tiny_model_tokenization_matches_reference(name):
 
 @pytest.mark.parametrize("name", TINY_MODELS)
 @pytest.mark.parametrize("pooling,key", [("cls", "cls"), ("mean", "mean"), ("last", "last_token")])
-def test_tiny_model_matches_transformers(name, pooling, key):
-    engine = load_engine(str(FIXTURES / name))
+def test_tiny_model_matches_transformers(name, pooling, key, ops):
+    engine = load_engine(str(FIXTURES / name), ops)
     spec = dataclasses.replace(engine.spec, pooling=pooling)
     model = EncoderModel(spec, load_params(spec), engine.model.ops)
     expected = tiny_expected(name)
@@ -54,10 +71,10 @@ def test_tiny_model_matches_transformers(name, pooling, key):
     assert np.abs(vectors - expected[key]).max() <= 1e-4
 
 
-def test_pooling_comes_from_the_sentence_transformers_files():
-    assert load_engine(str(FIXTURES / "tiny-bert-fp32")).info.pooling == "mean"
-    assert load_engine(str(FIXTURES / "tiny-bert-fp16")).info.pooling == "cls"
-    assert load_engine(str(FIXTURES / "tiny-xlmr-fp32")).info.pooling == "cls"
+def test_pooling_comes_from_the_sentence_transformers_files(ops):
+    assert load_engine(str(FIXTURES / "tiny-bert-fp32"), ops).info.pooling == "mean"
+    assert load_engine(str(FIXTURES / "tiny-bert-fp16"), ops).info.pooling == "cls"
+    assert load_engine(str(FIXTURES / "tiny-xlmr-fp32"), ops).info.pooling == "cls"
 
 
 def test_text_gets_the_same_vector_alone_and_in_a_mixed_batch(minilm):
@@ -70,8 +87,8 @@ def test_text_gets_the_same_vector_alone_and_in_a_mixed_batch(minilm):
     assert np.abs(together - alone).max() <= 1e-5
 
 
-def test_xlmr_positions_start_after_the_padding_index():
-    engine = load_engine(str(FIXTURES / "tiny-xlmr-fp32"))
+def test_xlmr_positions_start_after_the_padding_index(ops):
+    engine = load_engine(str(FIXTURES / "tiny-xlmr-fp32"), ops)
     batch = engine.pack([np.array([0, 5, 2]), np.array([0, 2])])
     assert batch.position_ids.tolist() == [2, 3, 4, 2, 3]
     assert batch.cu_seqlens.tolist() == [0, 3, 5]

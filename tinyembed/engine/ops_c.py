@@ -83,6 +83,9 @@ class COps(NumpyOps):
         bases.append(base)
         return base[:rows]
 
+    def _new_output(self, rows: int, cols: int) -> np.ndarray:
+        return np.empty((rows, cols), dtype=np.float32)
+
     # -- splitting work -----------------------------------------------------------------------
     def _split(self, fn, args: tuple, total: int, threads: int, bounds=None) -> None:
         """fn(*args, begin, end) over 0..total in `threads` ranges: the calling thread runs the
@@ -167,7 +170,7 @@ class COps(NumpyOps):
     def pool_normalize(self, hidden, cu_seqlens, mode):
         cu = np.ascontiguousarray(cu_seqlens, dtype=np.int32)
         n, width = len(cu) - 1, hidden.shape[1]
-        out = np.empty((n, width), dtype=np.float32)  # returned to the caller: never a reused buffer
+        out = self._new_output(n, width)  # returned to the caller: never a reused buffer
         self._fn["pool_normalize"](_ptr(hidden), _ptr(cu, np.int32), width, POOL_MODES[mode], _ptr(out), 0, n)
         return out
 

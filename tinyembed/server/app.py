@@ -322,7 +322,7 @@ class App:
 def _card(served: Served) -> ModelCard:
     info = served.engine.info
     return ModelCard(id=served.id, created=served.created, root=served.root, dimensions=info.dimensions,
-                     max_input_tokens=info.max_input_tokens)
+                     max_input_tokens=info.max_input_tokens, device=info.device, kernels=info.kernels)
 
 
 def _provisioning() -> ApiError:

@@ -70,6 +70,8 @@ class ModelCard(Struct, kw_only=True):
     root: str  # the model an alias points at
     dimensions: int
     max_input_tokens: int
+    device: str = "cpu"
+    kernels: str = ""  # "c" or "numpy" on the CPU (TINYEMBED_CPU_KERNELS), "cuda" on a GPU
     supported_features: list[str] = msgspec.field(default_factory=lambda: ["embeddings"])
 
 

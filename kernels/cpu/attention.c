@@ -14,7 +14,7 @@
 //   attention_naive  per query: all L scores in a row buffer, max, exp, sum, weighted sum of V.
 //                    Scalar, libm expf, L floats of scratch per query.
 //   attention        flash-attention shaped: K is packed transposed (d, L) and V (L, d) once per
-//                    (sequence, head), zero-padded to a multiple of TE_KEYS; queries go in
+//                    (sequence, head), zero-padded to a multiple of TE_LANES; queries go in
 //                    blocks of TE_QUERIES rows, keys in blocks of TE_KEYS columns, with an online
 //                    softmax (running max m, running sum l, context rescaled when m grows). The
 //                    scores never exceed TE_QUERIES x TE_KEYS floats, whatever L (1..8192 and
@@ -31,8 +31,12 @@
 #include "common.h"
 
 #define TE_MAX_HEAD_DIM 256
+#ifndef TE_QUERIES
 #define TE_QUERIES 4
+#endif
+#ifndef TE_KEYS
 #define TE_KEYS 64
+#endif
 
 int attention_naive(const float* qkv, float* out, const int32_t* cu_seqlens, int heads, int width,
                     long item_begin, long item_end) {
@@ -68,8 +72,8 @@ int attention_naive(const float* qkv, float* out, const int32_t* cu_seqlens, int
 }
 
 // One block of up to TE_QUERIES queries against all keys of one (sequence, head).
-// kt: K transposed, (d, stride) with stride = len rounded up to TE_KEYS, zero past len;
-// v: (stride, d), zero past len.
+// kt: K transposed, (d, stride) with stride = len rounded up to TE_KEYS, zero from len to len
+// rounded up to TE_LANES (no further is read); v: (stride, d), the same.
 static inline __attribute__((always_inline)) void query_block(
     const float* restrict qkv, float* restrict out, long ld, int width, long row0, int rows,
     long len, long stride, const float* restrict kt, const float* restrict v, const int d, float scale) {
@@ -86,19 +90,23 @@ static inline __attribute__((always_inline)) void query_block(
     }
     for (long j0 = 0; j0 < len; j0 += TE_KEYS) {
         const int keys = len - j0 < TE_KEYS ? (int)(len - j0) : TE_KEYS;
+        const int span = (keys + TE_LANES - 1) / TE_LANES * TE_LANES;  // short inputs: less padding
         for (int i = 0; i < TE_QUERIES; i++)
             for (int j = 0; j < TE_KEYS; j++) s[i][j] = 0.0f;
         for (int c = 0; c < d; c++) {  // S = Q K^T: a rank-1 update per head dimension
             const float* restrict krow = kt + c * stride + j0;
             for (int i = 0; i < TE_QUERIES; i++) {
                 const float qc = q[i][c];
-                for (int j = 0; j < TE_KEYS; j++) s[i][j] = fmaf(qc, krow[j], s[i][j]);
+                if (span == TE_KEYS)
+                    for (int j = 0; j < TE_KEYS; j++) s[i][j] = fmaf(qc, krow[j], s[i][j]);
+                else
+                    for (int j = 0; j < span; j++) s[i][j] = fmaf(qc, krow[j], s[i][j]);
             }
         }
         for (int i = 0; i < TE_QUERIES; i++) {
             float lane[TE_LANES];
             for (int k = 0; k < TE_LANES; k++) lane[k] = -FLT_MAX;
-            for (int j = 0; j < TE_KEYS; j += TE_LANES)
+            for (int j = 0; j < span; j += TE_LANES)
                 for (int k = 0; k < TE_LANES; k++) {
                     float x = j + k < keys ? s[i][j + k] : -FLT_MAX;
                     lane[k] = x > lane[k] ? x : lane[k];
@@ -108,8 +116,8 @@ static inline __attribute__((always_inline)) void query_block(
             const float new_max = block_max > m[i] ? block_max : m[i];
             const float rescale = te_exp(m[i] - new_max);
             m[i] = new_max;
-            for (int j = 0; j < TE_KEYS; j++) s[i][j] = j < keys ? te_exp(s[i][j] - new_max) : 0.0f;
-            l[i] = l[i] * rescale + te_sum(s[i], TE_KEYS);
+            for (int j = 0; j < span; j++) s[i][j] = j < keys ? te_exp(s[i][j] - new_max) : 0.0f;
+            l[i] = l[i] * rescale + te_sum(s[i], span);
             for (int c = 0; c < d; c++) o[i][c] *= rescale;
         }
         for (int j = 0; j < keys; j++) {  // O += P V: a rank-1 update per key
@@ -134,7 +142,8 @@ static inline __attribute__((always_inline)) void sequence_head(
     const long stride = (len + TE_KEYS - 1) / TE_KEYS * TE_KEYS;
     const float* k = qkv + a * ld + width + h * d;
     const float* vsrc = qkv + a * ld + 2 * width + h * d;
-    for (long j = 0; j < stride; j++)
+    const long packed = (len + TE_LANES - 1) / TE_LANES * TE_LANES;  // the last block reads no further
+    for (long j = 0; j < packed; j++)
         for (int c = 0; c < d; c++) {
             kt[c * stride + j] = j < len ? k[j * ld + c] : 0.0f;
             v[j * d + c] = j < len ? vsrc[j * ld + c] : 0.0f;

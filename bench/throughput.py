@@ -4,7 +4,9 @@ change with the length of the inputs?
 Contenders, each behind the same tiny interface (a callable that embeds the whole corpus and
 returns unit vectors), each in its own subprocess (no shared caches, allocators or thread pools):
 
-  tinyembed              numpy engine, packed padding-free batches of --batch-tokens tokens
+  tinyembed              the engine on its C kernels (kernels/cpu), packed padding-free batches
+                         of --batch-tokens tokens
+  tinyembed-numpy        the same engine on its numpy ops (TINYEMBED_CPU_KERNELS=numpy)
   sentence-transformers  PyTorch, SentenceTransformer.encode (sorts by length, batches of 32)
   onnxruntime            the same model exported by this bench (torch.onnx.export of transformers'
                          BertModel, once, cached), batches of 32 sorted by length, padded to the
@@ -49,7 +51,8 @@ import numpy as np
 from bench.common import MODEL, RESULTS, fmt, median, new_report, pyplot, table
 from bench.corpus import fixed_length_corpus, mixed_corpus
 
-CONTENDERS = ("tinyembed", "sentence-transformers", "onnxruntime")
+CONTENDERS = ("tinyembed", "tinyembed-numpy", "sentence-transformers", "onnxruntime")
+KERNELS = {"tinyembed": "c", "tinyembed-numpy": "numpy"}  # TINYEMBED_CPU_KERNELS per worker
 PEER_BATCH = 32  # sentence-transformers' default encode batch size; used for onnxruntime too
 CHECK = 16  # vectors compared across contenders per corpus
 FULL = {"mixed": 1200, "16": 2048, "128": 384, "512": 96}  # items per corpus
@@ -68,9 +71,9 @@ def make_tinyembed(model: str, settings: dict):
     from tinyembed.engine import load_engine
 
     engine = load_engine(model)
-    bt = settings["batch_tokens"]
 
     def run(corpus):
+        bt = settings["batch_tokens"]  # read per call: the `batch` command changes it
         if corpus["texts"] is not None:
             return engine.embed_sequences(engine.tokenizer.encode(corpus["texts"], truncate=True), max_batch_tokens=bt)
         return engine.embed_sequences([np.asarray(s, np.int32) for s in corpus["ids"]], max_batch_tokens=bt)
@@ -163,17 +166,22 @@ def _pooling_mode(path: Path) -> str:
     return "mean"
 
 
-MAKERS = {"tinyembed": make_tinyembed, "sentence-transformers": make_sentence_transformers,
-          "onnxruntime": make_onnxruntime}
+MAKERS = {"tinyembed": make_tinyembed, "tinyembed-numpy": make_tinyembed,
+          "sentence-transformers": make_sentence_transformers, "onnxruntime": make_onnxruntime}
 
 
 def worker(name: str, spec_path: str) -> None:
     """A contender in its own process, driven one command per line on stdin, so that the parent
     can interleave the contenders' passes: `warm K` (corpus K's first items), `time K` (one
-    whole pass, timed), `quit`. Each answer is one JSON line on stdout."""
+    whole pass, timed), `batch K B` (the same with B tokens per batch: tinyembed only),
+    `latency K N` (corpus K's first item alone, N times: the median), `quit`. Each answer is
+    one JSON line on stdout."""
     spec = json.loads(Path(spec_path).read_text())
     started = time.perf_counter()
-    run = MAKERS[name](spec["model"], spec["settings"])
+    if name in KERNELS:
+        os.environ["TINYEMBED_CPU_KERNELS"] = KERNELS[name]
+    settings = spec["settings"]
+    run = MAKERS[name](spec["model"], settings)
     reply = lambda obj: print(json.dumps(obj), flush=True)  # noqa: E731
     reply({"load_s": time.perf_counter() - started, "threads": _threads(name)})
     corpora = spec["corpora"]
@@ -181,7 +189,25 @@ def worker(name: str, spec_path: str) -> None:
         command, _, arg = line.strip().partition(" ")
         if command == "quit":
             break
+        arg, _, extra = arg.partition(" ")
         corpus = corpora[int(arg)]
+        if command == "latency":
+            one = dict(corpus, texts=None if corpus["texts"] is None else corpus["texts"][:1],
+                       ids=None if corpus["ids"] is None else corpus["ids"][:1])
+            times = []
+            for _ in range(int(extra)):
+                t0 = time.perf_counter()
+                run(one)
+                times.append(time.perf_counter() - t0)
+            reply({"seconds": median(times), "times": times})
+            continue
+        if command == "batch":
+            settings["batch_tokens"], default = int(extra), settings["batch_tokens"]
+            t0 = time.perf_counter()
+            run(corpus)
+            reply({"seconds": time.perf_counter() - t0})
+            settings["batch_tokens"] = default
+            continue
         if command == "warm":
             items = corpus["texts"] if corpus["texts"] is not None else corpus["ids"]
             run(dict(corpus, texts=None if corpus["texts"] is None else items[:64],
@@ -237,8 +263,10 @@ def _threads(name: str) -> dict:
         import torch
 
         out["torch"] = torch.get_num_threads()
-    if name == "tinyembed":
-        out["ops_threads"] = min(8, os.cpu_count() or 1)
+    if name in KERNELS:
+        from tinyembed.engine.cpu_threads import available_cores
+
+        out["ops_threads"] = available_cores()
     try:
         from threadpoolctl import threadpool_info
 
@@ -311,7 +339,9 @@ def padded_tokens(lengths: list[int], batch: int = PEER_BATCH) -> int:
 
 
 def run(model: str = MODEL, quick: bool = False, lengths=None, contenders=CONTENDERS, repeats: int | None = None,
-        batch_tokens: int = 16384, log=sys.stderr) -> dict:
+        batch_tokens: int = 16384, log=sys.stderr, sweep: list[int] | None = None, latency_runs: int = 0) -> dict:
+    """sweep: tokens-per-batch values for the tinyembed contenders on the mixed corpus as token
+    ids; latency_runs: one 16-token text alone, that many times per round, every contender."""
     lengths = list(lengths or FULL)
     sizes = QUICK if quick else FULL
     repeats = repeats or (1 if quick else 3)
@@ -320,6 +350,8 @@ def run(model: str = MODEL, quick: bool = False, lengths=None, contenders=CONTEN
     report = new_report("engine throughput vs peers, by length distribution", settings)
     corpora, info = build_corpora(model, lengths, sizes)
     report["corpus"] = {k: {kk: vv for kk, vv in v.items() if kk != "lengths"} for k, v in info.items()}
+    extra = extra_corpora(model, sweep, latency_runs)
+    corpora += extra
     worker_settings = {"repeats": repeats, "batch_tokens": batch_tokens, "onnx_path": None}
     skipped = {}
     if "onnxruntime" in contenders:
@@ -356,6 +388,8 @@ def run(model: str = MODEL, quick: bool = False, lengths=None, contenders=CONTEN
         # runs before pass r+1 of any (the order rotating), so a change in the machine's load
         # during the run falls on all contenders alike instead of on whoever ran then.
         for k, corpus in enumerate(corpora):
+            if corpus in extra:
+                continue
             print(f"  corpus {corpus['name']}: " + ", ".join(live), file=log, flush=True)
             for name in list(live):
                 try:
@@ -377,6 +411,10 @@ def run(model: str = MODEL, quick: bool = False, lengths=None, contenders=CONTEN
                     entry = results[name]["results"][corpus["name"]]
                     entry["times"].append(answer["seconds"])
                     entry["check"], entry["n"] = answer["check"], answer["n"]
+        for corpus in extra:
+            k = corpora.index(corpus)
+            report[corpus["name"]] = (batch_sweep(live, k, sweep, repeats, corpus["tokens"], log) if corpus["name"] == "sweep"
+                                      else latency(live, k, latency_runs, repeats, log))
     finally:
         for contender in live.values():
             contender.close()
@@ -408,10 +446,62 @@ def run(model: str = MODEL, quick: bool = False, lengths=None, contenders=CONTEN
             if row["corpus"] == corpus and "tokens_per_s" in row and ours:
                 row["vs_tinyembed"] = row["tokens_per_s"] / ours["tokens_per_s"]
                 row["tinyembed_speedup"] = ours["tokens_per_s"] / row["tokens_per_s"]
+                # pass r of every contender ran back to back: per-round ratios cancel load changes
+                row["round_speedups"] = [t / o for t, o in zip(row["times"], ours["times"])]
     report["load_s"] = {name: r.get("load_s") for name, r in results.items()}
     report["threads"] = {name: r.get("threads") for name, r in results.items()}
     report["rows"] = rows
     return report
+
+
+def extra_corpora(model: str, sweep: list[int] | None, latency_runs: int) -> list[dict]:
+    from tinyembed.engine import load_engine
+
+    tokenizer = load_engine(model).tokenizer
+    out = []
+    if sweep:
+        ids = [s.tolist() for s in tokenizer.encode(mixed_corpus(FULL["mixed"]), truncate=True)]
+        out.append({"name": "sweep", "texts": None, "ids": ids, "max_length": tokenizer.max_length,
+                    "tokens": sum(map(len, ids))})
+    if latency_runs:
+        texts = mixed_corpus(400)
+        lengths = [len(s) for s in tokenizer.encode(texts, truncate=True)]
+        text = min(zip(texts, lengths), key=lambda tl: abs(tl[1] - 16))[0]  # 16 tokens, specials included
+        out.append({"name": "latency", "texts": [text], "ids": None, "max_length": tokenizer.max_length,
+                    "tokens": lengths[texts.index(text)]})
+    return out
+
+
+def batch_sweep(live: dict, k: int, sizes: list[int], repeats: int, tokens: int, log) -> dict:
+    """tokens/s of each tinyembed contender per batch size (rounds alternate contenders and sizes)."""
+    names = [n for n in live if n in KERNELS]
+    times = {n: {b: [] for b in sizes} for n in names}
+    for name in names:
+        live[name].ask(f"warm {k}")
+    for _ in range(repeats):
+        for b in sizes:
+            for name in names:
+                times[name][b].append(live[name].ask(f"batch {k} {b}")["seconds"])
+    print(f"  batch sweep {sizes}: done", file=log, flush=True)
+    out = {}
+    for name in names:
+        best = median(times[name][max(sizes)])
+        out[name] = {str(b): {"times": times[name][b], "median_s": median(times[name][b]),
+                              "tokens_per_s": tokens / median(times[name][b]),
+                              "of_largest": best / median(times[name][b])} for b in sizes}
+    return out
+
+
+def latency(live: dict, k: int, runs: int, repeats: int, log) -> dict:
+    """Median seconds to embed one 16-token text alone, per round, every contender in turn."""
+    rounds = {name: [] for name in live}
+    for name in live:
+        live[name].ask(f"latency {k} 3")  # warm-up
+    for _ in range(repeats):
+        for name in live:
+            rounds[name].append(live[name].ask(f"latency {k} {runs}")["seconds"])
+    print("  latency: done", file=log, flush=True)
+    return {name: {"rounds_ms": [1e3 * t for t in ts], "median_ms": 1e3 * median(ts)} for name, ts in rounds.items()}
 
 
 def markdown(report: dict) -> str:

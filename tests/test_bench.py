@@ -114,7 +114,7 @@ def test_peers_agree_with_tinyembed(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     rows = {r["contender"]: r for r in report["rows"]}
-    assert set(rows) == {"tinyembed", "sentence-transformers", "onnxruntime"}
+    assert set(rows) == {"tinyembed", "tinyembed-numpy", "sentence-transformers", "onnxruntime"}
     for row in rows.values():
         assert "error" not in row, row
         assert row["min_cosine_to_tinyembed"] > 0.9999

@@ -18,13 +18,14 @@ import time
 
 import numpy as np
 
+from tinyembed.engine import cpu_build
 from tinyembed.engine.cpu_threads import available_cores
 from tinyembed.engine.ops_c import NAIVE, SIGNATURES, COps
 from tinyembed.engine.ops_numpy import NumpyOps
-from tinyembed.engine import cpu_build
 
 
-def inputs(batch: int, seq_len: int, hidden=384, heads=12, ffn=1536, vocab=30522):
+def inputs(batch: int, seq_len: int, hidden=384, heads=12, ffn=1536, vocab=30522) -> dict:
+    """op -> (call(ops, *fresh), make fresh in-place input or None)."""
     rng = np.random.default_rng(0)
     tokens = batch * seq_len
     f = lambda *shape: rng.standard_normal(shape, np.float32)  # noqa: E731
@@ -32,17 +33,16 @@ def inputs(batch: int, seq_len: int, hidden=384, heads=12, ffn=1536, vocab=30522
     word, position = f(vocab, hidden) * 0.05, f(512, hidden) * 0.05
     ids = rng.integers(0, vocab, tokens).astype(np.int32)
     pos = np.tile(np.arange(seq_len, dtype=np.int32), batch)
-    vec = lambda n: f(n)  # noqa: E731
+    b_ffn, b_h, w_h, type0 = f(ffn), f(hidden), f(hidden), f(hidden)
+    res, qkv = f(tokens, hidden), f(tokens, 3 * hidden)
     return {
-        "embed": (lambda ops: ops.embed(ids, pos, word, position, vec(hidden), vec(hidden), vec(hidden), 1e-12), None),
+        "embed": (lambda ops: ops.embed(ids, pos, word, position, type0, w_h, b_h, 1e-12), None),
         "bias_gelu": (lambda ops, y: ops.bias_gelu(y, b_ffn), lambda: f(tokens, ffn)),
         "bias_residual_layernorm": (lambda ops, y: ops.bias_residual_layernorm(y, b_h, res, w_h, b_h, 1e-12),
                                     lambda: f(tokens, hidden)),
         "attention": (lambda ops: ops.attention(qkv, cu, seq_len, heads), None),
         "pool_normalize": (lambda ops: ops.pool_normalize(res, cu, "mean"), None),
-    } if (b_ffn := vec(ffn)) is not None and (b_h := vec(hidden)) is not None and (
-        res := f(tokens, hidden)) is not None and (w_h := vec(hidden)) is not None and (
-        qkv := f(tokens, 3 * hidden)) is not None else {}
+    }
 
 
 def measure(versions: dict, cases: dict, repeats: int) -> dict:

@@ -98,9 +98,12 @@ def main() -> None:
     parser.add_argument("--wait-idle", type=float, metavar="LOAD", help="first wait for the 1-min load below LOAD")
     parser.add_argument("--wait-timeout", type=float, default=900)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--scale", type=float, default=1.0, help="corpus sizes x this (a busy machine: 0.25)")
     parser.add_argument("--out", type=Path, help="write results.md and results.json here")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    for name in throughput.FULL:
+        throughput.FULL[name] = max(8, int(throughput.FULL[name] * args.scale))
     waited = wait_for_idle(args.wait_idle, args.wait_timeout) if args.wait_idle else None
     load_before = loadavg()
     hogs = start_hogs(args.hog)
@@ -111,7 +114,7 @@ def main() -> None:
                                 latency_runs=args.latency_runs)
     finally:
         stop_hogs(hogs)
-    report.update(cpu=cpu_model(), environment=environment(), hogs=args.hog, waited=waited,
+    report.update(cpu=cpu_model(), scale=args.scale, environment=environment(), hogs=args.hog, waited=waited,
                   load_before=[round(x, 2) for x in load_before], load_after=[round(x, 2) for x in loadavg()],
                   wall_s=round(time.time() - started, 1))
     report["goals"] = goals(report)

@@ -101,3 +101,17 @@ def test_a_built_library_that_does_not_load_falls_back_to_numpy(tmp_path):
     ops, line = run_probe(tmp_path, CC=str(fake))
     assert ops == "NumpyOps"
     assert "C kernels unavailable: " in line and "does not load" in line
+
+
+def test_cores_come_from_the_cgroup_quota_and_affinity(tmp_path, monkeypatch):
+    from tinyembed.engine import cpu_threads
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cpu_threads.cgroup_quota_cores(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpu_threads.cgroup_quota_cores(tmp_path) is None
+    monkeypatch.setattr(cpu_threads, "affinity_cores", lambda: 8)
+    monkeypatch.setattr(cpu_threads, "cgroup_quota_cores", lambda: 1.5)
+    assert cpu_threads.available_cores() == 2  # 1.5 CPUs of quota: two threads, never eight
+    monkeypatch.setattr(cpu_threads, "cgroup_quota_cores", lambda: None)
+    assert cpu_threads.available_cores() == 8

@@ -20,7 +20,7 @@ import threading
 from ctypes import c_float, c_int, c_long, c_void_p
 
 import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from tinyembed.engine import cpu_build
 from tinyembed.engine.cpu_threads import available_cores
@@ -39,8 +39,12 @@ SIGNATURES = {  # C entry point -> (argtypes, restype)
     "pool_normalize": ((_P, _P, _I, _I, _P, _L, _L), None),
 }
 NAIVE = {name: name + "_naive" for name in SIGNATURES if name != "bias_add"}
-MIN_ELEMENTS_PER_THREAD = 48 * 1024  # elementwise work below this runs in the calling thread
+MIN_ELEMENTS_PER_THREAD = 96 * 1024  # elementwise work below this runs in the calling thread
 MIN_ATTENTION_FLOPS_PER_THREAD = 4e6
+# A GEMM below this many FLOPs runs on one BLAS thread: waking a second thread costs more than
+# it saves, and when a neighbour holds the other core, a multi-threaded OpenBLAS waits for it
+# for whole scheduler time slices (measured: a 16-token forward 250 ms instead of 3 ms).
+MIN_GEMM_FLOPS_PER_THREAD = 48e6
 
 
 def _ptr(array: np.ndarray, dtype=np.float32) -> int:
@@ -64,8 +68,9 @@ class COps(NumpyOps):
         self._arena = threading.local()
         # BLAS and the kernels take turns, so each may use every available core, but no more:
         # an OpenBLAS sized by os.cpu_count() in a 1-CPU container spins threads on one core.
-        if any(p.get("num_threads", 0) > self.threads for p in threadpool_info() if p["user_api"] == "blas"):
-            self._blas_limit = threadpool_limits(self.threads, user_api="blas")
+        self._blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+        self._blas_threads = None
+        self._set_blas_threads(self.threads)
 
     # -- buffers ------------------------------------------------------------------------------
     def _buffer(self, rows: int, cols: int) -> np.ndarray:
@@ -116,8 +121,16 @@ class COps(NumpyOps):
         self._split(self._fn["embed"], args, rows, self._rows_threads(rows, width))
         return out
 
+    def _set_blas_threads(self, n: int) -> None:
+        if n != self._blas_threads:  # a direct call into the BLAS library: about a microsecond
+            for controller in self._blas:
+                controller.set_num_threads(n)
+            self._blas_threads = n
+
     def matmul(self, x, w):
         out = self._buffer(x.shape[0], w.shape[1])
+        flops = 2.0 * x.shape[0] * x.shape[1] * w.shape[1]
+        self._set_blas_threads(max(1, min(self.threads, int(flops // MIN_GEMM_FLOPS_PER_THREAD))))
         return np.matmul(x, w, out=out)
 
     def linear(self, x, w, b):
@@ -128,7 +141,7 @@ class COps(NumpyOps):
 
     def bias_gelu(self, y, b):
         rows, width = y.shape
-        self._split(self._fn["bias_gelu"], (_ptr(y), _ptr(b), width), rows, self._rows_threads(rows, 4 * width))
+        self._split(self._fn["bias_gelu"], (_ptr(y), _ptr(b), width), rows, self._rows_threads(rows, 2 * width))
         return y
 
     def bias_residual_layernorm(self, y, b, residual, ln_w, ln_b, eps):

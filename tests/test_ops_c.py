@@ -22,6 +22,8 @@ from tinyembed.engine import cpu_build
 from tinyembed.engine.ops_c import COps, SIGNATURES, NAIVE
 from tinyembed.engine.ops_numpy import NumpyOps
 
+from test_ops_numpy import _attention_reference  # the float64 textbook formula
+
 
 def _library():
     try:
@@ -95,19 +97,6 @@ def test_bias_residual_layernorm(ops, twin, rows, width):
     b, w, beta = r.standard_normal((3, width), np.float32)
     out = ops.bias_residual_layernorm(y.copy(), b, res, w, beta, 1e-12)
     assert np.abs(out - twin.bias_residual_layernorm(y.copy(), b, res, w, beta, 1e-12)).max() <= 1e-5
-
-
-def _attention_reference(qkv, cu, heads):
-    out = np.zeros((qkv.shape[0], qkv.shape[1] // 3))
-    h = qkv.shape[1] // 3
-    d = h // heads
-    for a, b in zip(cu[:-1], cu[1:]):
-        q, k, v = (qkv[a:b, i * h:(i + 1) * h].astype(np.float64).reshape(b - a, heads, d) for i in range(3))
-        s = np.einsum("lhd,mhd->hlm", q, k) / math.sqrt(d)
-        p = np.exp(s - s.max(-1, keepdims=True))
-        p /= p.sum(-1, keepdims=True)
-        out[a:b] = np.einsum("hlm,mhd->lhd", p, v).reshape(b - a, h)
-    return out
 
 
 LENGTHS = [1, 2, 3, 7, 15, 16, 17, 63, 64, 65, 100, 127, 128, 129, 255, 256, 257, 511, 512, 777, 1024]

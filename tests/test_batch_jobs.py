@@ -152,7 +152,9 @@ def test_create_request_rules():
 
 def test_batch_runs_at_flex_tier_in_bounded_pieces_and_matches_the_engine(tmp_path, tiny):
     async def main():
-        h = Harness(tmp_path, tiny, Recording())
+        # each piece lingers a moment, so that with a fast engine (C kernels) piece 1 is still
+        # in flight when piece 2 is sent: the bound below is then reached, never exceeded
+        h = Harness(tmp_path, tiny, Recording(before=lambda n: asyncio.sleep(0.02)))
         batch_id = h.submit(request_lines(10) + line("two", ["a", "b"], dimensions=8) + line("b64", "z",
                             encoding_format="base64"))
         h.start()

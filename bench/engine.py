@@ -33,6 +33,21 @@ GOALS = "mixed >= 1.6x sentence-transformers and >= 1.3x onnxruntime; every fixe
         "sentence-transformers; 256-token batches >= 90% of 16k-token batches; 16-token latency <= PyTorch's"
 
 
+def matmul_peak_gflops() -> float:
+    """numpy's best square float32 matmul on this machine: the GEMM ceiling (bench.breakdown uses it)."""
+    import numpy as np
+
+    best = 0.0
+    for n in (1024, 2048):
+        a, b = np.random.default_rng(0).standard_normal((2, n, n)).astype(np.float32)
+        a @ b
+        start = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        best = max(best, 3 * 2.0 * n**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
 def start_hogs(n: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 

@@ -234,10 +234,23 @@ def build(name: str, f: dict) -> None:
           f"{sorted(len(s) for s in ids)}")
 
 
+def rope_reference() -> None:
+    """transformers' own cos/sin at long positions (Qwen3-Embedding's theta and head_dim)."""
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
+
+    config = Qwen3Config(hidden_size=1024, num_attention_heads=16, head_dim=128, rope_theta=1e6,
+                         max_position_embeddings=32768)
+    positions = torch.tensor([[0, 1, 100, 4095, 8191, 16385, 32767]])
+    cos, sin = Qwen3RotaryEmbedding(config)(torch.zeros(1, 1, 128), positions)
+    np.savez_compressed(OUT_DIR / "rope_reference.npz", positions=positions[0].numpy(), theta=1e6, head_dim=128,
+                        cos=cos[0, :, :64].numpy(), sin=sin[0, :, :64].numpy())
+
+
 def main() -> None:
     torch.set_num_threads(1)
     for name, f in FAMILIES.items():
         build(name, f)
+    rope_reference()
     dump(OUT_DIR / "decoder_texts.json", {"texts": TEXTS, "queries": QUERIES})
     dump(OUT_DIR / "decoder_generator.json", {"script": "weights/make_tiny_decoders.py", "torch": torch.__version__,
                                               "transformers": transformers.__version__,

@@ -12,9 +12,8 @@ import pytest
 from tinyembed.common.errors import InputError
 from tinyembed.engine import load_engine
 
-from engine_fixtures import FIXTURES
+from engine_fixtures import FIXTURES, TINY_DECODERS as DECODERS
 
-DECODERS = ["tiny-qwen3", "tiny-qwen2-gte", "tiny-mistral", "tiny-gemma2"]
 TEXTS = json.loads((FIXTURES / "decoder_texts.json").read_text())
 
 

@@ -199,6 +199,8 @@ def _attention_units(cu_seqlens, num_heads, causal, window):
     for a, b in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
         length = b - a
         rows = max(16, min(length, _MAX_SCORES // (num_heads * min(length, _KEY_BLOCK))))
+        if causal and length >= 128:  # 4+ query blocks: keys past a block's last row are skipped
+            rows = min(rows, max(64, -(-length // 4)))
         for i in range(0, length, rows):
             j = min(i + rows, length)
             lo, hi = _key_range(i, j, length, causal, window)

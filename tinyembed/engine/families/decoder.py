@@ -97,8 +97,8 @@ def _windows(config, where, layers, causal, default_layer_types) -> tuple:
     types = config.get("layer_types") or (default_layer_types(config, layers) if default_layer_types else None)
     types = types or ["full_attention"] * layers
     if len(types) != layers or set(types) - {"full_attention", "sliding_attention"}:
-        raise ModelLoadError(f"{where}/config.json: layer_types={types!r} not implemented "
-                             "(full_attention / sliding_attention, one per layer)")
+        raise ModelLoadError(f"{where}/config.json: layer_types={types!r} not implemented (one of "
+                             f"full_attention / sliding_attention for each of the {layers} layers)")
     if "sliding_attention" not in types:
         return (None,) * layers
     window = config.get("sliding_window")

@@ -141,3 +141,19 @@ def test_gte_attention_really_is_bidirectional():
     model = build_model(causal, engine.model.ops)
     vectors = model.forward(engine.pack(split(exp["input_ids"], exp["cu_seqlens"])))
     assert np.abs(vectors - exp["last_token"]).max() > 1e-2
+
+
+def test_cli_embed_with_a_prompt_name():
+    import subprocess
+    import sys
+
+    path = str(FIXTURES / "tiny-qwen3")
+    done = subprocess.run([sys.executable, "-m", "tinyembed.cli", "embed", "--model", path, "--prompt-name", "query",
+                           "capital of France"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    line = json.loads(done.stdout.splitlines()[0])
+    want = load_engine(path).embed_texts(["capital of France"], prompt_name="query")[0]
+    np.testing.assert_allclose(line["embedding"], want, atol=1e-6)
+    bad = subprocess.run([sys.executable, "-m", "tinyembed.cli", "embed", "--model", path, "--prompt-name", "nope", "x"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "prompt_name" in bad.stderr and "Traceback" not in bad.stderr

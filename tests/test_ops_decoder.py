@@ -107,7 +107,7 @@ def test_rope_rotates_q_and_k_pairs_and_leaves_v(ops):
     qkv = rng.standard_normal((total, (nh + 2 * nkv) * d)).astype(np.float32)
     positions = np.array([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5], dtype=np.int32)
     cos, sin = rope_table(1e4, d, 16)
-    got = ops.rope(qkv.copy(), positions, cos, sin, nh, nkv)
+    got = ops.rope(qkv.copy(), positions, cos.ravel(), sin.ravel(), nh, nkv)
     x = qkv.astype(np.float64).reshape(total, nh + 2 * nkv, d)
     inv = 1.0 / 1e4 ** (np.arange(0, d, 2) / d)
     angle = positions[:, None, None] * inv[None, None, :]  # (T, 1, d/2)

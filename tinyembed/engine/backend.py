@@ -87,8 +87,7 @@ def build_model(spec: ModelSpec, ops):
     if not spec.is_decoder:
         return EncoderModel(spec, load_params(spec), ops)
     if not hasattr(ops, "decoder_attention"):
-        raise ModelLoadError(f"{spec.path}: the {spec.family} decoder runs on the CPU only for now "
-                             f"(no {ops.name} kernels for decoders yet); use --device cpu")
+        raise ModelLoadError(f"{spec.path}: the {spec.family} decoder has no {ops.name} ops; use --device cpu")
     return decoder_family(spec.family).Model(spec, ops)  # family names are model_types too
 
 

@@ -67,7 +67,11 @@ class DecoderNumpyOps:
         return qkv
 
     def rope(self, qkv, position_ids, cos, sin, num_heads, num_kv_heads):
-        """Rotate-half RoPE on the Q and K heads of a fused (T, (nH+2nKV)*d), in place."""
+        """Rotate-half RoPE on the Q and K heads of a fused (T, (nH+2nKV)*d), in place. cos and
+        sin are rope_table's (P, d/2) tables flattened to 1-D (so every backend keeps them in
+        float32, as 1-D parameters)."""
+        half = qkv.shape[1] // (num_heads + 2 * num_kv_heads) // 2
+        cos, sin = cos.reshape(-1, half), sin.reshape(-1, half)
         self._rows(qkv, _rope_rows, position_ids, cos, sin, num_heads + num_kv_heads)
         return qkv
 

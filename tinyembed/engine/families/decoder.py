@@ -199,9 +199,11 @@ class DecoderModel:
 
     def __init__(self, spec, ops):
         self.spec, self.arch, self.ops = spec, spec.arch, ops
+        if hasattr(ops, "prepare_decoder_kernels"):
+            ops.prepare_decoder_kernels()  # GPU: compile before reading gigabytes of weights
         self.p = load_plan(spec.path, self.plan(), ops)
         cos, sin = rope_table(self.arch.rope_theta, self.arch.head_dim, spec.max_seq_length)
-        self.cos, self.sin = ops.param(cos), ops.param(sin)  # (P, d/2) each
+        self.cos, self.sin = ops.param(cos.ravel()), ops.param(sin.ravel())  # (P * d/2,) float32 each
 
     def plan(self) -> Plan:
         return llama_plan(self.arch)
@@ -220,10 +222,10 @@ class DecoderModel:
         delta = None  # each layer's last residual add is fused into the next layer's input norm
         for n in range(self.arch.num_layers):
             x, delta = self.layer(n, x, delta, positions, cu)
-        last = ops.last_token(x, cu)  # (n, H): only the pooled rows need the final norm
-        if delta is not None:
-            last += ops.last_token(delta, cu)
-        return ops.l2_normalize(ops.rmsnorm(last, self.p["norm"], eps))  # (n, H), unit length
+        # only the pooled rows need the last residual add and the final norm
+        last, last_delta = ops.last_token(x, cu), ops.last_token(delta, cu)  # (n, H) each
+        h, _ = ops.add_rmsnorm(last_delta, last, self.p["norm"], eps)  # (n, H)
+        return ops.l2_normalize(h)  # (n, H) float32, unit length
 
     def input_norm(self, n, x, delta):
         """x + delta (the previous layer's output, in place) and its RMSNorm: (h, x)."""

@@ -32,7 +32,7 @@ class CheckpointReader:
     def __init__(self, path: Path, prefixes: tuple[str, ...] = ()):
         self.path = path
         self.tensors: dict[str, TensorInfo] = {}
-        for file in _files(path):
+        for file in checkpoint_files(path):
             self.tensors.update(_header(file))
         # Strip the first prefix (e.g. "model.") that the checkpoint's names really carry.
         for prefix in prefixes:
@@ -66,7 +66,8 @@ class CheckpointReader:
         return raw.astype(np.float32, copy=False).reshape(info.shape)
 
 
-def _files(path: Path) -> list[Path]:
+def checkpoint_files(path: Path) -> list[Path]:
+    """The safetensors files of a model dir: model.safetensors, or the shards of its index."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:

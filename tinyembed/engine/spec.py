@@ -112,7 +112,7 @@ def _decoder_spec(cls, path: Path, config: dict, family) -> ModelSpec:
     arch = family.read_arch(config, path)
     return cls(
         path=path,
-        family=family.FAMILY,
+        family=config["model_type"],  # "llama" runs in mistral.py but is reported as llama
         vocab_size=arch.vocab_size,
         hidden_size=arch.hidden_size,
         num_layers=arch.num_layers,
@@ -123,7 +123,7 @@ def _decoder_spec(cls, path: Path, config: dict, family) -> ModelSpec:
         layer_norm_eps=arch.rms_norm_eps,
         pad_token_id=0,
         max_seq_length=_max_seq_length(path, arch.max_position_embeddings),
-        pooling=_pooling(path, family.FAMILY, default="last"),
+        pooling=_pooling(path, config["model_type"], default="last"),
         arch=arch,
         special_template=family.special_template(config, path),
         **_prompt_fields(path),

@@ -1,11 +1,10 @@
 """config.json `model_type` -> the module that runs that decoder family (one file each, as TEI
 has one file per architecture). BERT / XLM-R encoders run in tinyembed.engine.model.
 
-Each family module provides
-    FAMILY                                 the name /v1/models reports
+Each family module provides (the family name /v1/models reports is the model_type)
     read_arch(config, path) -> DecoderArch its config, checked (errors name the field)
     special_template(config, path)         the special-token template to enforce, or None to
-                                           trust tokenizer.json (the EOS rules of DECODERS.md)
+                                           trust tokenizer.json (the EOS rules of docs/decoders.md)
     Model(spec, ops)                       the forward pass
 """
 

@@ -21,7 +21,6 @@ from tinyembed.common.errors import ModelLoadError
 from tinyembed.engine.families.decoder import (DecoderArch, DecoderModel, llama_plan, read_decoder_arch,
                                                template_from_tokenizer_config)
 
-FAMILY = "gemma2"
 
 
 def even_layers_slide(config: dict, layers: int) -> list[str]:

@@ -17,7 +17,6 @@ from tinyembed.common.errors import ModelLoadError
 from tinyembed.engine.families.decoder import (DecoderArch, DecoderModel, read_decoder_arch,
                                                template_from_tokenizer_config)
 
-FAMILY = "mistral"
 
 
 def all_layers_slide(config: dict, layers: int) -> list[str]:

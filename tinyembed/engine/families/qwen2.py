@@ -14,7 +14,6 @@ from pathlib import Path
 
 from tinyembed.engine.families.decoder import DecoderArch, DecoderModel, llama_plan, read_decoder_arch
 
-FAMILY = "qwen2"
 EOS = "<|endoftext|>"
 
 

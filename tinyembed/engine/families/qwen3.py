@@ -14,7 +14,6 @@ from __future__ import annotations
 from tinyembed.engine.families.decoder import DecoderArch, DecoderModel, concat, llama_plan, read_decoder_arch
 from tinyembed.engine.families.qwen2 import qwen_layer_types
 
-FAMILY = "qwen3"
 
 
 def read_arch(config: dict, path) -> DecoderArch:

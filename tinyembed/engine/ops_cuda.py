@@ -211,6 +211,10 @@ class CudaOps(CudaDecoderOps):
             return cp.full(shape, 0x7FC0, dtype=np.uint16)  # a bfloat16 NaN
         return cp.full(shape, np.nan, dtype=dtype)
 
+    def _compiled(self, file: str):
+        """The RawModule of one kernel file for this ops' storage dtype."""
+        return _module(file, self._te)
+
     def _launch(self, name: str, grid, block, args):
         self._enter()
         self._kernels[name](tuple(int(g) for g in grid), (int(block),), args)

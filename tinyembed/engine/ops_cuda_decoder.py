@@ -1,6 +1,6 @@
 """GPU decoder ops: the DecoderNumpyOps contract (ops_numpy_decoder.py) on CuPy, with the kernels
 of kernels/cuda/decoder.cu and decoder_attention.cu. CudaOps inherits them and provides
-_launch, _empty, storage and pool_normalize.
+_compiled, _launch, _empty, _enter, sm_count and pool_normalize.
 
 STATUS: written without a GPU: never compiled, never run. tests/test_ops_cuda_decoder.py checks
 each op against its numpy twin where CuPy sees a device.
@@ -28,10 +28,8 @@ class CudaDecoderOps:
     def prepare_decoder_kernels(self):
         """Compile the decoder kernels (once per dtype; the encoders never need them, so a
         decoder kernel can never stop an encoder from loading). Called by the decoder models."""
-        from tinyembed.engine.ops_cuda import _module
-
         for file, names in DECODER_KERNELS.items():
-            module = _module(file, self._te)
+            module = self._compiled(file)
             for name in names:
                 self._kernels.setdefault(name, module.get_function(name))
 

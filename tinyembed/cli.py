@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--device", default="cpu")
         sub.add_argument("--dtype", default=None)
         sub.add_argument("--input-type", choices=("query", "document"), default=None)
+        sub.add_argument("--prompt-name", default=None, help="a named prompt of the model (see `models` / /v1/models)")
         sub.add_argument("--truncate", action="store_true", help="truncate over-long texts instead of failing")
         if name == "embed":
             sub.add_argument("--dimensions", type=int, default=None, help="Matryoshka: keep the first N, renormalize")
@@ -290,7 +291,7 @@ def embed(args) -> int:
     from tinyembed.engine import load_engine
 
     engine = load_engine(args.model, device=args.device, dtype=args.dtype)
-    sequences = engine.tokenizer.encode(_read_texts(args), args.truncate, args.input_type)
+    sequences = engine.tokenizer.encode(_read_texts(args), args.truncate, args.input_type, args.prompt_name)
     vectors = engine.embed_sequences(sequences, dimensions=args.dimensions)
     for i, (seq, vector) in enumerate(zip(sequences, vectors)):
         print(msgspec.json.encode({"index": i, "tokens": len(seq), "embedding": vector.tolist()}).decode())
@@ -301,7 +302,8 @@ def tokenize(args) -> int:
     from tinyembed.engine import load_engine
 
     engine = load_engine(args.model, device=args.device, dtype=args.dtype)
-    for i, ids in enumerate(engine.tokenizer.encode(_read_texts(args), args.truncate, args.input_type)):
+    for i, ids in enumerate(engine.tokenizer.encode(_read_texts(args), args.truncate, args.input_type,
+                                                    args.prompt_name)):
         line = {"index": i, "ids": ids.tolist(), "tokens": engine.tokenizer.tokens(ids)}
         print(msgspec.json.encode(line).decode())
     return 0

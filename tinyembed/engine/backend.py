@@ -1,7 +1,8 @@
 """The backend contract: load a model, then `embed(batch) -> (n, dim) float32` unit vectors.
 
 The scheduler, the HTTP layer, the CLI and the benches talk to an `Engine` and nothing below it.
-An Engine owns a tokenizer and an EncoderModel running on one device's ops (numpy or CUDA).
+An Engine owns a tokenizer and a model (an encoder, or a decoder family from engine/families)
+running on one device's ops (numpy or CUDA).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tinyembed.engine import registry
-from tinyembed.common.errors import TinyEmbedError
+from tinyembed.common.errors import ModelLoadError, TinyEmbedError
+from tinyembed.engine.families import decoder_family
 from tinyembed.engine.model import Batch, EncoderModel, truncate_dimensions
 from tinyembed.engine.spec import ModelSpec
 from tinyembed.engine.tokenize import Tokenizer
@@ -35,7 +37,7 @@ class Engine:
     def __init__(self, name: str, spec: ModelSpec, ops):
         self.spec = spec
         self.tokenizer = Tokenizer(spec)
-        self.model = EncoderModel(spec, load_params(spec), ops)
+        self.model = build_model(spec, ops)
         self.info = ModelInfo(
             name=name,
             dimensions=spec.hidden_size,
@@ -77,8 +79,18 @@ class Engine:
         return self.with_dimensions(np.concatenate(out), dimensions)
 
     def embed_texts(self, texts: list[str], truncate: bool = True, input_type: str | None = None,
-                    dimensions: int | None = None) -> np.ndarray:
-        return self.embed_sequences(self.tokenizer.encode(texts, truncate, input_type), dimensions=dimensions)
+                    dimensions: int | None = None, prompt_name: str | None = None) -> np.ndarray:
+        sequences = self.tokenizer.encode(texts, truncate, input_type, prompt_name)
+        return self.embed_sequences(sequences, dimensions=dimensions)
+
+
+def build_model(spec: ModelSpec, ops):
+    """The forward pass for the spec's family on these ops."""
+    if not spec.is_decoder:
+        return EncoderModel(spec, load_params(spec), ops)
+    if not hasattr(ops, "decoder_attention"):
+        raise ModelLoadError(f"{spec.path}: the {spec.family} decoder has no {ops.name} ops; use --device cpu")
+    return decoder_family(spec.family).Model(spec, ops)  # family names are model_types too
 
 
 def make_ops(device: str = "cpu", dtype: str | None = None, threads: int | None = None):

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyembed.common.errors import TinyEmbedError
+from tinyembed.engine.ops_cuda_decoder import DECODER_KERNELS, CudaDecoderOps
 
 DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}  # -> TE_DTYPE in kernels/cuda/common.cuh
 # file -> its entry points (each fast kernel beside its naive teaching version)
@@ -39,6 +40,7 @@ KERNELS = {
     "layernorm.cu": ("bias_residual_layernorm", "bias_residual_layernorm_naive"),
     "attention.cu": ("attention_naive", "attention_d32", "attention_d64", "attention_d128"),
     "pool.cu": ("pool_normalize", "pool_normalize_naive"),
+    **DECODER_KERNELS,
 }
 KERNEL_FILES = tuple(KERNELS)
 POOL_MODES = {"cls": 0, "mean": 1, "last": 2}
@@ -135,7 +137,7 @@ def _round_up(x: int, multiple: int) -> int:
     return (x + multiple - 1) // multiple * multiple
 
 
-class CudaOps:
+class CudaOps(CudaDecoderOps):
     """The ops contract of model.py on one GPU. `kernels="naive"` (or TINYEMBED_KERNELS=naive)
     selects every kernel's teaching version, for tests and benches."""
 
@@ -168,6 +170,8 @@ class CudaOps:
         self._enter()
         self._kernels = {}
         for file, names in KERNELS.items():  # compile now: errors surface at load, not at a request
+            if file in DECODER_KERNELS:
+                continue  # compiled when a decoder model first uses them (ops_cuda_decoder.py)
             module = _module(file, self._te)
             for name in names:
                 if name.startswith("attention_d") and self._te == DTYPES["float32"]:
@@ -206,6 +210,10 @@ class CudaOps:
         if dtype == np.uint16:
             return cp.full(shape, 0x7FC0, dtype=np.uint16)  # a bfloat16 NaN
         return cp.full(shape, np.nan, dtype=dtype)
+
+    def _compiled(self, file: str):
+        """The RawModule of one kernel file for this ops' storage dtype."""
+        return _module(file, self._te)
 
     def _launch(self, name: str, grid, block, args):
         self._enter()

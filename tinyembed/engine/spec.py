@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tinyembed.common.errors import ModelLoadError
 
-# config.json `model_type` -> the family whose forward pass we run.
+# config.json `model_type` -> the encoder family whose forward pass we run (decoder families:
+# tinyembed.engine.families).
 ARCHITECTURES = {
     "bert": "bert",
     "xlm-roberta": "xlmr",
@@ -25,7 +26,7 @@ POOLING_MODES = ("cls", "mean", "last")
 @dataclass(frozen=True)
 class ModelSpec:
     path: Path
-    family: str  # "bert" | "xlmr"
+    family: str  # "bert" | "xlmr" | a decoder family ("qwen3", "qwen2", "mistral", "gemma2")
     vocab_size: int
     hidden_size: int
     num_layers: int
@@ -37,11 +38,19 @@ class ModelSpec:
     pad_token_id: int
     max_seq_length: int  # tokens per input after truncation, specials included
     pooling: str  # "cls" | "mean" | "last"
-    prompts: dict[str, str] = field(default_factory=dict)
+    prompts: dict[str, str] = field(default_factory=dict)  # name -> text, as config_sentence_transformers.json
+    input_type_prompts: dict[str, str] = field(default_factory=dict)  # "query"/"document" -> a prompt name
+    default_prompt_name: str | None = None  # applied when a request names no prompt
+    arch: object = None  # a decoder family's DecoderArch; None for encoders
+    special_template: str | None = None  # specials to enforce ("$A <|endoftext|>"); None: tokenizer.json's
+
+    @property
+    def is_decoder(self) -> bool:
+        return self.arch is not None
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.arch.head_dim if self.arch is not None else self.hidden_size // self.num_heads
 
     @property
     def position_offset(self) -> int:
@@ -52,12 +61,17 @@ class ModelSpec:
     def from_dir(cls, path: Path) -> "ModelSpec":
         config = _read_json(path / "config.json", required=True)
         model_type = config.get("model_type", "")
+        from tinyembed.engine.families import DECODERS, decoder_family
+
+        decoder = decoder_family(model_type)
+        if decoder is not None:
+            return _decoder_spec(cls, path, config, decoder)
         family = ARCHITECTURES.get(model_type)
         if family is None:
             raise ModelLoadError(
                 f"{path}: unsupported architecture model_type={model_type!r} "
                 f"(architectures={config.get('architectures')}); tinyembed runs "
-                f"{', '.join(sorted(ARCHITECTURES))} encoders"
+                f"{', '.join(sorted(ARCHITECTURES))} encoders and {', '.join(sorted(DECODERS))} decoders"
             )
         act = config.get("hidden_act", "gelu")
         if act not in ("gelu", "gelu_python"):
@@ -89,9 +103,31 @@ class ModelSpec:
             family=family,
             max_seq_length=_max_seq_length(path, position_limit),
             pooling=_pooling(path, family),
-            prompts=_prompts(path),
+            **_prompt_fields(path),
             **spec_fields,
         )
+
+
+def _decoder_spec(cls, path: Path, config: dict, family) -> ModelSpec:
+    arch = family.read_arch(config, path)
+    return cls(
+        path=path,
+        family=config["model_type"],  # "llama" runs in mistral.py but is reported as llama
+        vocab_size=arch.vocab_size,
+        hidden_size=arch.hidden_size,
+        num_layers=arch.num_layers,
+        num_heads=arch.num_heads,
+        intermediate_size=arch.intermediate_size,
+        max_position_embeddings=arch.max_position_embeddings,
+        type_vocab_size=0,
+        layer_norm_eps=arch.rms_norm_eps,
+        pad_token_id=0,
+        max_seq_length=_max_seq_length(path, arch.max_position_embeddings),
+        pooling=_pooling(path, config["model_type"], default="last"),
+        arch=arch,
+        special_template=family.special_template(config, path),
+        **_prompt_fields(path),
+    )
 
 
 def _read_json(file: Path, required: bool = False, default=None):
@@ -127,7 +163,7 @@ def _pooling_dir(path: Path) -> Path | None:
     return fallback if fallback.is_dir() else None
 
 
-def _pooling(path: Path, family: str) -> str:
+def _pooling(path: Path, family: str, default: str = "cls") -> str:
     pooling_dir = _pooling_dir(path)
     conf = _read_json(pooling_dir / "config.json") if pooling_dir else {}
     if conf.get("pooling_mode_cls_token"):
@@ -139,11 +175,29 @@ def _pooling(path: Path, family: str) -> str:
     if conf:
         modes = [k for k, v in conf.items() if k.startswith("pooling_mode") and v]
         raise ModelLoadError(f"{pooling_dir}/config.json: unsupported pooling {modes}; supported: {POOLING_MODES}")
-    # No sentence-transformers files: CLS is what bge-style checkpoints use.
-    return "cls"
+    # No sentence-transformers files: CLS is what bge-style encoders use; decoders pool the last token.
+    return default
 
 
-def _prompts(path: Path) -> dict[str, str]:
-    prompts = _read_json(path / "config_sentence_transformers.json").get("prompts") or {}
-    aliases = {"passage": "document", "doc": "document", "search_query": "query", "search_document": "document"}
-    return {aliases.get(k, k): str(v) for k, v in prompts.items() if isinstance(v, str)}
+# input_type -> prompt names that serve it, in order of preference
+INPUT_TYPE_PROMPTS = {
+    "query": ("query", "search_query", "web_search_query"),
+    "document": ("document", "passage", "doc", "search_document"),
+}
+
+
+def _prompt_fields(path: Path) -> dict:
+    """Named prompts as config_sentence_transformers.json has them, which of them `input_type`
+    query/document selects, and the default. A model with one `*_query` prompt but no `query`
+    (e5-mistral: web_search_query, sts_query ...) gets its preferred one for input_type query."""
+    conf = _read_json(path / "config_sentence_transformers.json")
+    prompts = {str(k): v for k, v in (conf.get("prompts") or {}).items() if isinstance(v, str)}
+    by_type = {}
+    for input_type, names in INPUT_TYPE_PROMPTS.items():
+        suffixed = [n for n in prompts if n.endswith("_" + input_type)]
+        found = [n for n in names if n in prompts] or (suffixed if len(suffixed) == 1 else [])
+        if found:
+            by_type[input_type] = found[0]
+    default = conf.get("default_prompt_name")
+    return dict(prompts=prompts, input_type_prompts=by_type,
+                default_prompt_name=default if isinstance(default, str) and default in prompts else None)

@@ -7,8 +7,11 @@ max_seq_length only when the caller asks; otherwise an over-long input is an err
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import processors
 
 from tinyembed.common.errors import InputError, ModelLoadError
 from tinyembed.engine.spec import ModelSpec
@@ -28,15 +31,35 @@ class Tokenizer:
         self.max_length = spec.max_seq_length
         self.vocab_size = spec.vocab_size
         self.prompts = dict(spec.prompts)
+        self.input_type_prompts = dict(spec.input_type_prompts)
+        self.default_prompt_name = spec.default_prompt_name
+        if spec.special_template is not None:
+            self._enforce_template(spec.special_template, file)
         self._tok.no_padding()
         # Truncating inside the tokenizer keeps its special tokens; `overflowing` tells us that
         # it cut, which is how an over-long input is detected without encoding it twice.
         self._tok.enable_truncation(self.max_length)
         self.num_special = self._tok.num_special_tokens_to_add(is_pair=False)
 
-    def encode(self, texts: list[str], truncate: bool = False, input_type: str | None = None) -> list[np.ndarray]:
+    def _enforce_template(self, template: str, file) -> None:
+        """Specials the model needs that tokenizer.json does not add (see engine/families):
+        e.g. gte-Qwen2's appended <|endoftext|>, e5-mistral's add_eos_token. The byte-level
+        post-processor, if any, is kept in front (it only trims offsets)."""
+        tokens = [t for t in template.split() if t != "$A"]
+        ids = {t: self._tok.token_to_id(t) for t in tokens}
+        missing = [t for t, i in ids.items() if i is None]
+        if missing:
+            raise ModelLoadError(f"{file}: special token(s) {missing} the model needs are not in the vocabulary")
+        step = processors.TemplateProcessing(single=template, special_tokens=list(ids.items()))
+        current = json.loads(self._tok.to_str()).get("post_processor") or {}
+        if current.get("type") == "ByteLevel":
+            step = processors.Sequence([self._tok.post_processor, step])
+        self._tok.post_processor = step
+
+    def encode(self, texts: list[str], truncate: bool = False, input_type: str | None = None,
+               prompt_name: str | None = None) -> list[np.ndarray]:
         """Token ids for each text. Runs in the tokenizers' Rust threads without the GIL."""
-        prompt = self.prompt(input_type)
+        prompt = self.prompt(input_type, prompt_name)
         if prompt:
             texts = [prompt + text for text in texts]
         encodings = self._tok.encode_batch(texts, add_special_tokens=True)
@@ -76,12 +99,24 @@ class Tokenizer:
             out.append(array.astype(np.int32))
         return out
 
-    def prompt(self, input_type: str | None) -> str:
+    def prompt(self, input_type: str | None, prompt_name: str | None = None) -> str:
+        """The prefix for a request: a named prompt, the one `input_type` maps to, or the
+        model's default_prompt_name."""
+        if prompt_name is not None:
+            if input_type is not None:
+                raise InputError("Send either 'input_type' or 'prompt_name', not both.",
+                                 code="invalid_request", param="prompt_name")
+            if prompt_name not in self.prompts:
+                names = ", ".join(repr(n) for n in self.prompts) or "none"
+                raise InputError(f"Unknown prompt_name {prompt_name!r}; this model's prompts: {names}.",
+                                 code="invalid_request", param="prompt_name")
+            return self.prompts[prompt_name]
         if input_type is None:
-            return ""
+            return self.prompts.get(self.default_prompt_name, "") if self.default_prompt_name else ""
         if input_type not in INPUT_TYPES:
             raise InputError(f"input_type must be one of {INPUT_TYPES}", code="invalid_request", param="input_type")
-        return self.prompts.get(input_type, "")
+        name = self.input_type_prompts.get(input_type)
+        return self.prompts[name] if name else ""
 
     def tokens(self, ids: np.ndarray) -> list[str]:
         return [self._tok.id_to_token(int(i)) or "" for i in ids]

@@ -22,6 +22,7 @@ import numpy as np
 
 from tinyembed.common.errors import ModelLoadError
 from tinyembed.engine.spec import ModelSpec
+from tinyembed.engine.tensor_reader import checkpoint_files
 
 # Prefixes seen in the wild; a checkpoint uses one of them or none.
 PREFIXES = ("bert.", "roberta.", "model.", "encoder_model.")
@@ -107,24 +108,9 @@ def load_params(spec: ModelSpec) -> dict[str, np.ndarray]:
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     """All tensors of a single-file or sharded (model.safetensors.index.json) checkpoint."""
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
-            raise ModelLoadError(f"{index}: not a valid safetensors index ({exc})") from None
-        files = [path / shard for shard in shards]
-    elif (path / "model.safetensors").is_file():
-        files = [path / "model.safetensors"]
-    else:
-        raise ModelLoadError(
-            f"{path}: no weights (looked for model.safetensors and model.safetensors.index.json; "
-            "convert .bin checkpoints to safetensors first)"
-        )
+    files = checkpoint_files(path)
     tensors: dict[str, np.ndarray] = {}
     for file in files:
-        if not file.is_file():
-            raise ModelLoadError(f"{file}: shard named in the index is missing")
         tensors.update(_read_one(file))
     return tensors
 

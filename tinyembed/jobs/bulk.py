@@ -102,6 +102,7 @@ class BulkJob:
         return {"model": a.model, "device": a.device, "dtype": a.dtype, "input_format": self.input_format,
                 "output_format": self.output_format, "field": self.field, "id_field": a.id_field,
                 "dimensions": a.dimensions, "truncate": a.truncate, "input_type": a.input_type,
+                "prompt_name": a.prompt_name,
                 "chunk_size": a.chunk_size, "batch_tokens": a.batch_tokens}
 
     # -- resume ---------------------------------------------------------------------------------------
@@ -196,6 +197,8 @@ class BulkJob:
                                   self.args.truncate)
                 if item.error is None and self.args.input_type and item.request.input_type is None:
                     item.request.input_type = self.args.input_type
+                if item.error is None and self.args.prompt_name and item.request.prompt_name is None:
+                    item.request.prompt_name = self.args.prompt_name
             items.append(item)
         fmt.tokenize(items, self.limits.max_tokens_per_request)
         return chunk, items
@@ -203,7 +206,7 @@ class BulkJob:
     def _plain_request(self) -> EmbeddingRequest:
         if not hasattr(self, "_plain"):
             self._plain = EmbeddingRequest(model=self.args.model, input=Raw(b'""'), dimensions=self.args.dimensions,
-                                           input_type=self.args.input_type)
+                                           input_type=self.args.input_type, prompt_name=self.args.prompt_name)
         return self._plain
 
     def _compute_and_write(self, writer, chunk: list[Record], items: list[fmt.LineRequest]) -> tuple[int, int]:

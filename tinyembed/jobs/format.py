@@ -20,7 +20,8 @@ import numpy as np
 from msgspec import Raw, Struct
 
 from tinyembed.common.errors import InputError
-from tinyembed.server.protocol import ApiError, EmbeddingRequest, decode_request, encode_embeddings, error_body, parse_input
+from tinyembed.server.protocol import (ApiError, EmbeddingRequest, check_no_prompt_for_ids, decode_request,
+                                       encode_embeddings, error_body, parse_input)
 
 ENDPOINT = "/v1/embeddings"
 ENDPOINTS = (ENDPOINT, "/embeddings")
@@ -106,9 +107,8 @@ def validate_body(item: LineRequest, body: bytes, find_engine, max_inputs: int, 
         count = len(item.texts if item.texts is not None else item.id_arrays)
         if count > max_inputs:
             raise ApiError(400, "invalid_input", f"'input' has {count} items; the maximum is {max_inputs}.", "input")
-        if item.id_arrays is not None and req.input_type is not None:
-            raise ApiError(400, "invalid_request", "'input_type' applies to text inputs; token ids are used "
-                           "exactly as given.", "input_type")
+        if item.id_arrays is not None:
+            check_no_prompt_for_ids(req)
         item.truncate = auto_truncate if req.truncate is None else req.truncate
     except ApiError as exc:
         item.error = exc
@@ -125,13 +125,14 @@ def tokenize(items: list[LineRequest], max_tokens: int) -> None:
         if item.texts is None:
             _tokenize_one(item)
         else:
-            key = (id(item.engine), item.request.input_type, item.truncate)
+            key = (id(item.engine), item.request.input_type, item.request.prompt_name, item.truncate)
             groups.setdefault(key, []).append(item)
     for group in groups.values():
         tokenizer = group[0].engine.tokenizer
         texts = [t for item in group for t in item.texts]
         try:
-            sequences = tokenizer.encode(texts, group[0].truncate, group[0].request.input_type)
+            request = group[0].request
+            sequences = tokenizer.encode(texts, group[0].truncate, request.input_type, request.prompt_name)
         except InputError:
             for item in group:
                 _tokenize_one(item)
@@ -152,7 +153,8 @@ def _tokenize_one(item: LineRequest) -> None:
     tokenizer = item.engine.tokenizer
     try:
         if item.texts is not None:
-            item.sequences = tokenizer.encode(item.texts, item.truncate, item.request.input_type)
+            item.sequences = tokenizer.encode(item.texts, item.truncate, item.request.input_type,
+                                              item.request.prompt_name)
         else:
             item.sequences = tokenizer.check_ids(item.id_arrays, item.truncate)
     except InputError as exc:

@@ -25,7 +25,7 @@ from tinyembed.server.http import Request, Response, Server, error_response
 from tinyembed.common.metrics import TOKEN_BUCKETS, Registry
 from tinyembed.server.protocol import (ApiError, EmbeddingRequest, ModelCard, ModelList, Status, TokenizeRequest,
                        TokenizeResponse, Tokens, Usage, decode_request, encode, encode_embeddings,
-                       parse_input, parse_texts)
+                       check_no_prompt_for_ids, parse_input, parse_texts)
 from tinyembed.server.ratelimit import RateLimited, RateLimiter
 from tinyembed.scheduler.runner import DeadlineExceeded, DirectRunner, Overloaded, Runner
 from tinyembed.scheduler.continuous import Scheduler
@@ -230,11 +230,10 @@ class App:
         if count > limits.max_inputs:
             raise ApiError(400, "invalid_input", f"'input' has {count} items; the maximum is {limits.max_inputs}.",
                            "input")
-        if id_arrays is not None and req.input_type is not None:
-            raise ApiError(400, "invalid_request", "'input_type' applies to text inputs; token ids are used "
-                           "exactly as given.", "input_type")
+        if id_arrays is not None:
+            check_no_prompt_for_ids(req)
         truncate = self.config.auto_truncate if req.truncate is None else req.truncate
-        sequences = await self._tokenize(ctx, engine, texts, id_arrays, truncate, req.input_type)
+        sequences = await self._tokenize(ctx, engine, texts, id_arrays, truncate, req.input_type, req.prompt_name)
         tokens = ctx.tokens = sum(len(s) for s in sequences)
         if tokens > limits.max_tokens_per_request:
             raise ApiError(400, "invalid_input", f"This request has {tokens} tokens; the maximum is "
@@ -255,11 +254,12 @@ class App:
             body = encode_embeddings(*args)
         return Response(200, body)
 
-    async def _tokenize(self, ctx, engine: Engine, texts, id_arrays, truncate: bool, input_type):
+    async def _tokenize(self, ctx, engine: Engine, texts, id_arrays, truncate: bool, input_type, prompt_name=None):
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         if texts is not None:
-            sequences = await loop.run_in_executor(self.pool, engine.tokenizer.encode, texts, truncate, input_type)
+            sequences = await loop.run_in_executor(self.pool, engine.tokenizer.encode, texts, truncate, input_type,
+                                                   prompt_name)
         else:
             sequences = await loop.run_in_executor(self.pool, engine.tokenizer.check_ids, id_arrays, truncate)
         ctx.tokenize_s = time.monotonic() - started
@@ -277,7 +277,7 @@ class App:
             raise ApiError(400, "invalid_input", f"'input' has {len(texts)} items; the maximum is "
                            f"{self.config.requests.max_inputs}.", "input")
         truncate = self.config.auto_truncate if req.truncate is None else req.truncate
-        sequences = await self._tokenize(ctx, served.engine, texts, None, truncate, req.input_type)
+        sequences = await self._tokenize(ctx, served.engine, texts, None, truncate, req.input_type, req.prompt_name)
         tokens = ctx.tokens = sum(len(s) for s in sequences)
         tokenizer = served.engine.tokenizer
         data = [Tokens(index=i, ids=seq.tolist(), tokens=tokenizer.tokens(seq)) for i, seq in enumerate(sequences)]
@@ -322,7 +322,8 @@ class App:
 def _card(served: Served) -> ModelCard:
     info = served.engine.info
     return ModelCard(id=served.id, created=served.created, root=served.root, dimensions=info.dimensions,
-                     max_input_tokens=info.max_input_tokens, device=info.device, kernels=info.kernels)
+                     max_input_tokens=info.max_input_tokens, device=info.device, kernels=info.kernels,
+                     family=info.family, prompts=list(info.prompts))
 
 
 def _provisioning() -> ApiError:

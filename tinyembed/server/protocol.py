@@ -30,6 +30,7 @@ class EmbeddingRequest(Struct, forbid_unknown_fields=True, kw_only=True):
     service_tier: Literal["auto", "default", "flex", "priority"] | None = None
     # extensions
     input_type: Literal["query", "document"] | None = None
+    prompt_name: Annotated[str, Meta(max_length=256)] | None = None  # a prompt of config_sentence_transformers.json
     truncate: bool | None = None
 
 
@@ -37,6 +38,7 @@ class TokenizeRequest(Struct, forbid_unknown_fields=True, kw_only=True):
     input: Union[str, list[str]]
     model: str | None = None  # the first served model when absent
     input_type: Literal["query", "document"] | None = None
+    prompt_name: Annotated[str, Meta(max_length=256)] | None = None
     truncate: bool | None = None
 
 
@@ -73,6 +75,8 @@ class ModelCard(Struct, kw_only=True):
     device: str = "cpu"
     kernels: str = ""  # "c" or "numpy" on the CPU (TINYEMBED_CPU_KERNELS), "cuda" on a GPU
     supported_features: list[str] = msgspec.field(default_factory=lambda: ["embeddings"])
+    family: str | None = None  # the architecture: bert, xlmr, qwen3, qwen2, mistral, gemma2
+    prompts: list[str] = msgspec.field(default_factory=list)  # names usable as `prompt_name`
 
 
 class ModelList(Struct, kw_only=True):
@@ -219,6 +223,14 @@ def _id_array(index: int, ids: list[int]) -> np.ndarray:
     except OverflowError:  # ids beyond int64: out of any vocabulary
         raise ApiError(400, "invalid_input", f"input[{index}] has a token id outside this model's vocabulary.",
                        "input") from None
+
+
+def check_no_prompt_for_ids(req: EmbeddingRequest) -> None:
+    """Token-id inputs are used exactly as given: no prompt can apply to them."""
+    for name in ("input_type", "prompt_name"):
+        if getattr(req, name) is not None:
+            raise ApiError(400, "invalid_request", f"'{name}' applies to text inputs; token ids are used "
+                           "exactly as given.", name)
 
 
 def parse_texts(value: str | list[str]) -> list[str]:

@@ -62,17 +62,35 @@ class Engine:
 
     def embed_sequences(self, sequences: list[np.ndarray], max_batch_tokens: int = 16384,
                         dimensions: int | None = None) -> np.ndarray:
-        """Token-id arrays -> vectors, packed into batches of at most max_batch_tokens."""
-        out, batch, tokens = [], [], 0
+        """Token-id arrays -> vectors, packed into batches of at most max_batch_tokens. Batch N+1
+        is enqueued before batch N's vectors are fetched: on a GPU its upload and launches
+        overlap N's compute (on the CPU the forward is synchronous and nothing changes)."""
+        batches, batch, tokens = [], [], 0
         for seq in sequences:
             if batch and tokens + len(seq) > max_batch_tokens:
-                out.append(self.embed(self.pack(batch)))
+                batches.append(self.pack(batch))
                 batch, tokens = [], 0
             batch.append(seq)
             tokens += len(seq)
-        if batch or not out:
-            out.append(self.embed(self.pack(batch)))
+        if batch or not batches:
+            batches.append(self.pack(batch))
+        out, pending = [], None
+        for packed in batches:
+            started = self._start(packed)
+            if pending is not None:
+                out.append(self._fetch(pending))
+            pending = started
+        out.append(self._fetch(pending))
         return self.with_dimensions(np.concatenate(out), dimensions)
+
+    def _fetch(self, vectors) -> np.ndarray:
+        return vectors if isinstance(vectors, np.ndarray) else self.model.ops.to_host(vectors)
+
+    def _start(self, batch: Batch):
+        """Enqueue a batch's forward; its vectors stay on the device until to_host."""
+        if len(batch) == 0:
+            return np.zeros((0, self.info.dimensions), dtype=np.float32)
+        return self.model.forward_on_device(batch)
 
     def embed_texts(self, texts: list[str], truncate: bool = True, input_type: str | None = None,
                     dimensions: int | None = None) -> np.ndarray:

@@ -6,6 +6,7 @@ An Engine owns a tokenizer and an EncoderModel running on one device's ops (nump
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +17,8 @@ from tinyembed.engine.model import Batch, EncoderModel, truncate_dimensions
 from tinyembed.engine.spec import ModelSpec
 from tinyembed.engine.tokenize import Tokenizer
 from tinyembed.engine.weights import load_params
+
+log = logging.getLogger("tinyembed")
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,12 @@ def make_ops(device: str = "cpu", dtype: str | None = None, threads: int | None 
     if device == "auto":
         from tinyembed.engine import ops_cuda
 
-        device = "cuda" if ops_cuda.available() else "cpu"
+        if ops_cuda.available():
+            try:
+                return ops_cuda.CudaOps(0, dtype or "float16")
+            except TinyEmbedError as exc:  # a GPU is there but the kernels cannot run on it
+                log.warning("--device auto: %s; running on the CPU", exc)
+        device = "cpu"
     if device == "cpu":
         if dtype not in (None, "float32"):
             raise TinyEmbedError(f"--dtype {dtype} needs a GPU; the CPU path computes in float32")

@@ -195,12 +195,16 @@ class CudaOps:
             self.sm_count = self.device.attributes["MultiProcessorCount"]
         self._enter()
         self._kernels = {}
-        for file, names in KERNELS.items():  # compile now: errors surface at load, not at a request
-            module = _module(file, self._te)
-            for name in names:
-                if name.startswith("attention_d") and self._te == DTYPES["float32"]:
-                    continue  # the tensor-core kernels exist for fp16 and bf16 storage only
-                self._kernels[name] = module.get_function(name)
+        try:
+            for file, names in KERNELS.items():  # compile now: errors surface at load, not at a request
+                module = _module(file, self._te)
+                for name in names:
+                    if name.startswith("attention_d") and self._te == DTYPES["float32"]:
+                        continue  # the tensor-core kernels exist for fp16 and bf16 storage only
+                    self._kernels[name] = module.get_function(name)
+        except Exception as exc:  # NVRTC without the CUDA headers, a driver too old for the PTX, ...
+            raise TinyEmbedError(f"--device cuda:{device_index}: the CUDA kernels did not compile or load "
+                                 f"({type(exc).__name__}: {str(exc)[:2000]})") from exc
         # cublasGemmEx scalars: float32 because the compute type is CUBLAS_COMPUTE_32F.
         self._one = np.ones(1, np.float32)
         self._zero = np.zeros(1, np.float32)
@@ -418,7 +422,7 @@ class CudaOps:
         tensor_cores = (not self.naive and self.storage != np.float32 and head_dim in TC_HEAD_DIMS
                         and width % 8 == 0)
         if tensor_cores:
-            q_tiles = (int(max_len) + TC_BLOCK_M - 1) // TC_BLOCK_M
+            q_tiles = max(1, (int(max_len) + TC_BLOCK_M - 1) // TC_BLOCK_M)  # never a zero-sized grid
             scale_log2 = np.float32(scale * math.log2(math.e))
             for first in range(0, n, MAX_GRID_Z):  # grid.z is the sequence (at most 65535)
                 self._launch(f"attention_d{head_dim}", (q_tiles, num_heads, min(MAX_GRID_Z, n - first)), 128,

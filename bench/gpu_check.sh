@@ -21,18 +21,23 @@
 #   bash bench/gpu_check.sh                         # on the device (the exact `run` call: bench/README.md)
 #   bash bench/gpu_check.sh --smoke                 # on a CPU: the same plumbing, gpu tests skip,
 #                                                   # servers on the CPU, a tiny bench (CI runs this)
-# Options: --budget SECONDS (default 450), --devcache DIR (default .devcache). Env: PYTHON, OUT.
+# Options: --budget SECONDS (default 450), --devcache DIR (default .devcache), --skip PART,PART (a
+# rerun that leaves parts out; the summary then says the check is incomplete).
+# Env: PYTHON (default python3), OUT (default .gpu-check-out), GPU_CHECK_PYTEST_ARGS (added to the
+# pytest part, e.g. "-k attention -x" to narrow a rerun).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 SMOKE=0
+SKIP=""
 BUDGET=450
 DEVCACHE=$ROOT/.devcache
 while [ $# -gt 0 ]; do
     case $1 in
         --smoke) SMOKE=1 ;;
         --budget) BUDGET=$2; shift ;;
+        --skip) SKIP=$2; shift ;;
         --devcache) DEVCACHE=$(cd "$2" && pwd); shift ;;
         *) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -61,6 +66,11 @@ left() { echo $((BUDGET - ($(date +%s) - START))); }
 part() {
     local name=$1 limit=$2 reserve=$3 logfile=$4
     shift 4
+    if [[ ",$SKIP," == *",$name,"* ]]; then
+        say "=== $name: SKIPPED (--skip)"
+        printf '%s\tskipped\t0\t0\n' "$name" >>"$WORK/parts.tsv"
+        return 0
+    fi
     local room=$(($(left) - reserve))
     [ "$limit" -gt "$room" ] && limit=$room
     if [ "$limit" -lt 10 ]; then
@@ -180,7 +190,7 @@ fi
 part nvrtc 120 220 "$LOG" nvrtc_check
 TIMEOUT_OPT=$("$PY" -c 'import pytest_timeout' 2>/dev/null && echo "--timeout=150")
 part pytest 240 180 "$OUT/pytest.log" "$PY" -m pytest -m gpu tests -q -rfEs -p no:cacheprovider --durations=15 \
-    --junitxml="$WORK/pytest.xml" $TIMEOUT_OPT
+    --junitxml="$WORK/pytest.xml" $TIMEOUT_OPT ${GPU_CHECK_PYTEST_ARGS:-}
 if [ -d "$MODEL" ]; then
     SERVE_ARGS=(--model "$MODEL" --out "$OUT/serve.json")
     [ $SMOKE = 1 ] && SERVE_ARGS+=(--device cpu --quick) || SERVE_ARGS+=(--device cuda)

@@ -91,7 +91,7 @@ def summarize(parts: list[dict], junit: dict, serve: dict | None, bench: dict | 
         if p["part"] in INFORMATIONAL:
             continue
         if p["skipped"]:
-            problems.append(f"{p['part']}: skipped (budget)")
+            problems.append(f"{p['part']}: skipped (budget or --skip)")
         elif p["exit"] != 0:
             problems.append(f"{p['part']}: exit {p['exit']}" + (" (timed out)" if p["exit"] == 124 else ""))
     if junit.get("collected", 0) == 0:

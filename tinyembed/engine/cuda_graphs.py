@@ -102,7 +102,7 @@ class GraphCache:
             self.ops._enter()
             cp.cuda.runtime.memcpyAsync(graph.inputs.data.ptr, staged.data.ptr, 4 * graph.inputs.size,
                                         cp.cuda.runtime.memcpyDeviceToDevice, self.ops.stream.ptr)
-            self.ops.release_batch()
+            self.ops.release_batch(staged)
             graph.graph.launch(stream=self.ops.stream)
             self.replays += 1
             return graph.output[:len(batch)].copy()  # on ops.stream (current): ordered after the replay

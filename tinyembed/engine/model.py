@@ -74,7 +74,7 @@ class EncoderModel:
         vectors = self.forward_arrays(ids, positions, cu, batch.max_len)
         release = getattr(self.ops, "release_batch", None)
         if release is not None:  # the batch's input buffer may be reused once this forward is done
-            release()
+            release(ids)
         return vectors
 
     def forward_arrays(self, ids, positions, cu, max_len: int):

@@ -10,14 +10,14 @@ CuPy has no bfloat16 dtype, so bf16 arrays are CuPy uint16 arrays holding the bi
 kernels and cuBLAS ever read them, and `to_host` widens them to float32.
 
 Host side: one compute stream per CudaOps; every op is enqueued asynchronously on it and only
-`to_host` waits. Batch uploads go through two pinned staging buffers and two device input
-buffers (slots, used in turn, each guarded by events). With `overlap` (TINYEMBED_CUDA_OVERLAP=1)
-the host-to-device copy runs on a second stream, so batch N+1's upload proceeds while batch N
-computes; the compute stream waits for the copy's event, and a slot is overwritten only after
-the compute that read it (`release_batch`) is done. Without it the copy is enqueued on the
-compute stream (ordered behind N's work). CUDA graphs for small token buckets live in
-cuda_graphs.py (TINYEMBED_CUDA_GRAPHS=1). Both are off by default until a GPU run has shown
-they give the eager path's vectors (tests/test_graphs_cuda.py).
+`to_host` waits. Batch inputs go through two slots (a pinned host buffer and a device buffer,
+used in turn, each guarded by events). With `overlap` (TINYEMBED_CUDA_OVERLAP=1) the host-to-
+device copy runs on a second stream, so batch N+1's upload proceeds while batch N computes: the
+compute stream waits for the copy's event, and a slot is overwritten only after the compute
+that read it is done (`release_batch`, called at the end of each forward). Without it the copy
+is enqueued on the compute stream, behind N's work. CUDA graphs for small token buckets live
+in cuda_graphs.py (TINYEMBED_CUDA_GRAPHS=1). Both are off by default until a GPU run has shown
+they give the eager path's vectors (tests/test_cuda_graphs.py).
 
 CuPy is imported lazily: importing this module never needs CuPy; `available()` says whether
 it is installed and sees a device, and never raises.
@@ -317,21 +317,23 @@ class CudaOps:
             if self.overlap:
                 self.stream.wait_event(slot.copied)
             slot.unreleased = True
-            self._last_slot = slot
             views, offset = [], 0
             for size in sizes:
                 views.append(slot.device[offset:offset + size])
                 offset += size
         return tuple(views)
 
-    def release_batch(self):
-        """Everything enqueued so far that reads the last uploaded batch is on the stream: its slot
-        may be overwritten once the compute stream gets here (an event, no wait)."""
+    def release_batch(self, uploaded):
+        """Everything that reads `uploaded` (an array upload_arrays returned) is now enqueued: its
+        slot may be overwritten once the compute stream gets here (an event, no wait). Found by
+        address, so forwards from several threads each release their own slot."""
+        address = uploaded.data.ptr
         with self._staging_lock:
-            slot = getattr(self, "_last_slot", None)
-            if slot is not None and slot.unreleased:
-                slot.consumed = _mark(self.stream)
-                slot.unreleased = False
+            for slot in self._slots:
+                start = slot.device.data.ptr if slot.device is not None else -1
+                if slot.unreleased and start <= address < start + 4 * slot.device.size:
+                    slot.consumed = _mark(self.stream)
+                    slot.unreleased = False
 
     # -- the ops ----------------------------------------------------------------------------------
     def _rows_block(self, width: int) -> int | None:

@@ -115,11 +115,21 @@ EOF
 }
 
 install_wheels() {
-    local device_only=()  # the smoke installs the cp312 wheels for Python 3.12 (as a check), uses none
-    [ "$SMOKE" = 1 ] && device_only=(--python-version 3.12 --implementation cp --only-binary=:all:
-        --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64)
+    # On the device: only the wheels whose package is missing or older there. The smoke installs
+    # every cp312 wheel for Python 3.12 into a throwaway folder (a check that they install
+    # together) and uses none of them.
+    local wheels=() device_only=()
+    if [ "$SMOKE" = 1 ]; then
+        wheels=("$DEVCACHE"/whl/*.whl)
+        device_only=(--python-version 3.12 --implementation cp --only-binary=:all:
+            --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64)
+    else
+        mapfile -t wheels < <("$PY" -m bench.gpu_prep --needed-wheels "$DEVCACHE/whl")
+    fi
+    echo "installing ${#wheels[@]} wheels: ${wheels[*]##*/}"
+    [ ${#wheels[@]} -eq 0 ] && return 0
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
-        "${device_only[@]}" "$DEVCACHE"/whl/*.whl && ls "$WORK/site"
+        "${device_only[@]}" "${wheels[@]}"
 }
 
 nvrtc_check() {

@@ -21,6 +21,7 @@ call names `.devcache` in `carry` (bench/README.md: the exact call).
     python -m bench.gpu_prep                  # .devcache/ with the model and the wheels
     python -m bench.gpu_prep --no-wheels      # model only (no registry access; the CI smoke)
     python -m bench.gpu_prep --dest DIR       # elsewhere (the smoke test builds one in a temp dir)
+    python -m bench.gpu_prep --needed-wheels .devcache/whl   # on the device: which wheels to install
 """
 
 from __future__ import annotations
@@ -119,6 +120,24 @@ def closure(names) -> dict[str, str]:
     return found
 
 
+def needed_wheels(folder: Path) -> list[Path]:
+    """On the device: the carried wheels whose package is missing there or older than the wheel
+    (the image's own newer or equal versions stay in charge)."""
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+    from packaging.version import Version
+
+    needed = []
+    for wheel in sorted(folder.glob("*.whl")):
+        name, version, _, _ = parse_wheel_filename(wheel.name)
+        try:
+            installed = Version(metadata.version(canonicalize_name(name)))
+        except (metadata.PackageNotFoundError, ValueError):
+            installed = None
+        if installed is None or installed < version:
+            needed.append(wheel)
+    return needed
+
+
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
@@ -148,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dest", default=str(ROOT / ".devcache"), help="the carry folder (gitignored)")
     parser.add_argument("--no-wheels", action="store_true", help="skip pip download (model only)")
     parser.add_argument("--limit-mib", type=float, default=LIMIT_MIB, help="tree + carry must stay under this")
+    parser.add_argument("--needed-wheels", metavar="DIR", help="(on the device) print the wheels in DIR to install")
     args = parser.parse_args(argv)
+    if args.needed_wheels:
+        print("\n".join(str(w) for w in needed_wheels(Path(args.needed_wheels))))
+        return 0
     dest = Path(args.dest).resolve()
     dest.mkdir(parents=True, exist_ok=True)
     if not is_ignored(ROOT, dest):

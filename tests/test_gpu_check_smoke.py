@@ -124,3 +124,12 @@ def test_summary_flags_failures_and_skipped_gpu_tests():
     parts[3]["exit"] = 1
     assert "serve: exit 1" in summarize(parts, junit, {"ok": False, "servers": []}, None, "smoke")["problems"]
     assert "bench: did not run" in summarize(parts[:4], junit, None, None, "smoke")["problems"]
+
+
+def test_on_the_device_only_missing_or_older_packages_are_installed(tmp_path):
+    from bench.gpu_prep import needed_wheels
+
+    names = ["numpy-0.1-py3-none-any.whl", "numpy-999.0-py3-none-any.whl", "tinyembed_absent_pkg-1.0-py3-none-any.whl"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert [w.name for w in needed_wheels(tmp_path)] == names[1:]  # numpy 0.1 < the installed one: skipped

@@ -124,7 +124,7 @@ install_wheels() {
         device_only=(--python-version 3.12 --implementation cp --only-binary=:all:
             --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64)
     else
-        mapfile -t wheels < <("$PY" -m bench.gpu_prep --needed-wheels "$DEVCACHE/whl")
+        mapfile -t wheels < <("$PY" -m bench.gpu_prep --needed-wheels "$DEVCACHE/whl" | grep -v '^$')
     fi
     echo "installing ${#wheels[@]} wheels: ${wheels[*]##*/}"
     [ ${#wheels[@]} -eq 0 ] && return 0

@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--needed-wheels", metavar="DIR", help="(on the device) print the wheels in DIR to install")
     args = parser.parse_args(argv)
     if args.needed_wheels:
-        print("\n".join(str(w) for w in needed_wheels(Path(args.needed_wheels))))
+        for wheel in needed_wheels(Path(args.needed_wheels)):
+            print(wheel)
         return 0
     dest = Path(args.dest).resolve()
     dest.mkdir(parents=True, exist_ok=True)

@@ -126,10 +126,17 @@ def test_summary_flags_failures_and_skipped_gpu_tests():
     assert "bench: did not run" in summarize(parts[:4], junit, None, None, "smoke")["problems"]
 
 
-def test_on_the_device_only_missing_or_older_packages_are_installed(tmp_path):
+def test_on_the_device_only_missing_or_older_packages_are_installed(tmp_path, capsys):
     from bench.gpu_prep import needed_wheels
 
     names = ["numpy-0.1-py3-none-any.whl", "numpy-999.0-py3-none-any.whl", "tinyembed_absent_pkg-1.0-py3-none-any.whl"]
     for name in names:
         (tmp_path / name).write_bytes(b"")
     assert [w.name for w in needed_wheels(tmp_path)] == names[1:]  # numpy 0.1 < the installed one: skipped
+
+    from bench.gpu_prep import main
+
+    for name in names[1:]:
+        (tmp_path / name).unlink()
+    assert main(["--needed-wheels", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == ""  # nothing to install: not even an empty line for the shell

@@ -32,7 +32,7 @@ FIXTURES = ROOT / "tests" / "fixtures"
 
 def _minilm() -> str | None:
     """The bundled all-MiniLM-L6-v2, else the same model from the local Hugging Face cache (how a
-    GPU machine without the 90 MB package gets it: see bench/gpu_notes.md)."""
+    GPU machine without the 90 MB package gets it: bench/gpu_prep.py builds it)."""
     for name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
         try:
             resolve(name)

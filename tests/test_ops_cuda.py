@@ -306,3 +306,13 @@ class TestWithoutGpu:
         assert make_ops("auto").name == "cpu"
         with pytest.raises(TinyEmbedError, match="CuPy is not installed"):
             make_ops("cuda:0")
+
+    def test_auto_falls_back_to_the_cpu_when_the_kernels_cannot_run(self, monkeypatch, caplog):
+        def no_kernels(*args, **kwargs):
+            raise TinyEmbedError("--device cuda:0: the CUDA kernels did not compile or load (no cuda_fp16.h)")
+
+        monkeypatch.setattr(ops_cuda, "available", lambda: True)
+        monkeypatch.setattr(ops_cuda, "CudaOps", no_kernels)
+        with caplog.at_level("WARNING", logger="tinyembed"):
+            assert make_ops("auto").name == "cpu"
+        assert "cuda_fp16.h" in caplog.text and "running on the CPU" in caplog.text

@@ -7,6 +7,7 @@ running on one device's ops (numpy or CUDA).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +19,8 @@ from tinyembed.engine.model import Batch, EncoderModel, truncate_dimensions
 from tinyembed.engine.spec import ModelSpec
 from tinyembed.engine.tokenize import Tokenizer
 from tinyembed.engine.weights import load_params
+
+log = logging.getLogger("tinyembed")
 
 
 @dataclass(frozen=True)
@@ -66,17 +69,35 @@ class Engine:
 
     def embed_sequences(self, sequences: list[np.ndarray], max_batch_tokens: int = 16384,
                         dimensions: int | None = None) -> np.ndarray:
-        """Token-id arrays -> vectors, packed into batches of at most max_batch_tokens."""
-        out, batch, tokens = [], [], 0
+        """Token-id arrays -> vectors, packed into batches of at most max_batch_tokens. Batch N+1
+        is enqueued before batch N's vectors are fetched: on a GPU its upload and launches
+        overlap N's compute (on the CPU the forward is synchronous and nothing changes)."""
+        batches, batch, tokens = [], [], 0
         for seq in sequences:
             if batch and tokens + len(seq) > max_batch_tokens:
-                out.append(self.embed(self.pack(batch)))
+                batches.append(self.pack(batch))
                 batch, tokens = [], 0
             batch.append(seq)
             tokens += len(seq)
-        if batch or not out:
-            out.append(self.embed(self.pack(batch)))
+        if batch or not batches:
+            batches.append(self.pack(batch))
+        out, pending = [], None
+        for packed in batches:
+            started = self._start(packed)
+            if pending is not None:
+                out.append(self._fetch(pending))
+            pending = started
+        out.append(self._fetch(pending))
         return self.with_dimensions(np.concatenate(out), dimensions)
+
+    def _fetch(self, vectors) -> np.ndarray:
+        return vectors if isinstance(vectors, np.ndarray) else self.model.ops.to_host(vectors)
+
+    def _start(self, batch: Batch):
+        """Enqueue a batch's forward; its vectors stay on the device until to_host."""
+        if len(batch) == 0:
+            return np.zeros((0, self.info.dimensions), dtype=np.float32)
+        return self.model.forward_on_device(batch)
 
     def embed_texts(self, texts: list[str], truncate: bool = True, input_type: str | None = None,
                     dimensions: int | None = None, prompt_name: str | None = None) -> np.ndarray:
@@ -98,7 +119,12 @@ def make_ops(device: str = "cpu", dtype: str | None = None, threads: int | None 
     if device == "auto":
         from tinyembed.engine import ops_cuda
 
-        device = "cuda" if ops_cuda.available() else "cpu"
+        if ops_cuda.available():
+            try:
+                return ops_cuda.CudaOps(0, dtype or "float16")
+            except TinyEmbedError as exc:  # a GPU is there but the kernels cannot run on it
+                log.warning("--device auto: %s; running on the CPU", exc)
+        device = "cpu"
     if device == "cpu":
         if dtype not in (None, "float32"):
             raise TinyEmbedError(f"--dtype {dtype} needs a GPU; the CPU path computes in float32")

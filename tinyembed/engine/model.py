@@ -53,6 +53,11 @@ class EncoderModel:
         params = dict(params)
         params["token_type0"] = params.pop("token_type")[0]  # no token-type inputs: all type 0
         self.p = {name: ops.param(array) for name, array in params.items()}
+        self.graphs = None
+        if getattr(ops, "graphs", False):  # CudaOps(graphs=True): replay short batches (cuda_graphs.py)
+            from tinyembed.engine.cuda_graphs import GraphCache
+
+            self.graphs = GraphCache(ops, self.forward_arrays)
 
     def forward(self, batch: Batch) -> np.ndarray:
         """Packed batch -> (n, H) L2-normalized float32 vectors on the host."""
@@ -61,16 +66,28 @@ class EncoderModel:
     def forward_on_device(self, batch: Batch):
         """The same, left on the ops' device: a GPU caller may enqueue the next batch before
         waiting for this one's result."""
+        if self.graphs is not None:
+            vectors = self.graphs.run(batch)
+            if vectors is not None:
+                return vectors
+        ids, positions, cu = self.ops.upload_batch(batch)
+        vectors = self.forward_arrays(ids, positions, cu, batch.max_len)
+        release = getattr(self.ops, "release_batch", None)
+        if release is not None:  # the batch's input buffer may be reused once this forward is done
+            release(ids)
+        return vectors
+
+    def forward_arrays(self, ids, positions, cu, max_len: int):
+        """The forward on inputs already on the ops' device (what a CUDA graph captures)."""
         ops, p, spec = self.ops, self.p, self.spec
         eps, heads = spec.layer_norm_eps, spec.num_heads
-        ids, positions, cu = ops.upload_batch(batch)
 
         x = ops.embed(ids, positions, p["word"], p["position"], p["token_type0"],
                       p["emb_ln_w"], p["emb_ln_b"], eps)  # (T, H)
         for i in range(spec.num_layers):
             w = lambda name: p[f"layer.{i}.{name}"]  # noqa: E731
             qkv = ops.linear(x, w("qkv_w"), w("qkv_b"))  # (T, 3H)
-            ctx = ops.attention(qkv, cu, batch.max_len, heads)  # (T, H)
+            ctx = ops.attention(qkv, cu, max_len, heads)  # (T, H)
             attn = ops.matmul(ctx, w("out_w"))  # (T, H)
             x = ops.bias_residual_layernorm(attn, w("out_b"), x, w("ln1_w"), w("ln1_b"), eps)  # (T, H)
             h = ops.bias_gelu(ops.matmul(x, w("ffn_in_w")), w("ffn_in_b"))  # (T, I)

@@ -9,10 +9,15 @@ float32); biases, LayerNorm parameters and the token-type row stay float32 (1-D 
 CuPy has no bfloat16 dtype, so bf16 arrays are CuPy uint16 arrays holding the bits: only our
 kernels and cuBLAS ever read them, and `to_host` widens them to float32.
 
-Host side: one CUDA stream per CudaOps; every op is enqueued asynchronously on it and only
-`to_host` waits. Batch uploads go through two pinned staging buffers (used in turn, each
-guarded by an event), so preparing and enqueuing batch N+1's copy never waits for batch N's
-compute. CUDA graphs for small token buckets are not implemented yet: see kernels/README.md.
+Host side: one compute stream per CudaOps; every op is enqueued asynchronously on it and only
+`to_host` waits. Batch inputs go through two slots (a pinned host buffer and a device buffer,
+used in turn, each guarded by events). With `overlap` (TINYEMBED_CUDA_OVERLAP=1) the host-to-
+device copy runs on a second stream, so batch N+1's upload proceeds while batch N computes: the
+compute stream waits for the copy's event, and a slot is overwritten only after the compute
+that read it is done (`release_batch`, called at the end of each forward). Without it the copy
+is enqueued on the compute stream, behind N's work. CUDA graphs for small token buckets live
+in cuda_graphs.py (TINYEMBED_CUDA_GRAPHS=1). Both are off by default until a GPU run has shown
+they give the eager path's vectors (tests/test_cuda_graphs.py).
 
 CuPy is imported lazily: importing this module never needs CuPy; `available()` says whether
 it is installed and sees a device, and never raises.
@@ -133,6 +138,26 @@ def _module(file: str, te_dtype: int):
         return _modules[key]
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _mark(stream):
+    """An event recorded now on `stream` (no timing: cheaper to record and to wait on)."""
+    event = _cp().cuda.Event(disable_timing=True)
+    event.record(stream)
+    return event
+
+
+class _UploadSlot:
+    """A pinned host buffer and a device buffer for batch inputs, and the events that guard them:
+    `copied` (the H2D copy out of `host` is done), `consumed` (the compute that read `device`)."""
+
+    def __init__(self):
+        self.host = self.device = self.copied = self.consumed = None
+        self.unreleased = False
+
+
 def _round_up(x: int, multiple: int) -> int:
     return (x + multiple - 1) // multiple * multiple
 
@@ -142,7 +167,7 @@ class CudaOps(CudaDecoderOps):
     selects every kernel's teaching version, for tests and benches."""
 
     def __init__(self, device_index: int = 0, dtype: str = "float16", kernels: str | None = None,
-                 poison_outputs: bool = False):
+                 poison_outputs: bool = False, graphs: bool | None = None, overlap: bool | None = None):
         reason = unavailable_reason()
         if reason is not None:
             raise TinyEmbedError(f"--device cuda:{device_index}: {reason}")
@@ -160,32 +185,36 @@ class CudaOps(CudaDecoderOps):
         self.dtype = dtype
         self.naive = kernels == "naive"
         self.poison_outputs = poison_outputs  # tests: outputs start as NaN, so unwritten ones show
+        self.graphs = _flag("TINYEMBED_CUDA_GRAPHS") if graphs is None else bool(graphs)
+        self.overlap = _flag("TINYEMBED_CUDA_OVERLAP") if overlap is None else bool(overlap)
         self._te = DTYPES[dtype]
         self.storage = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[dtype]
         self.vec = 16 // np.dtype(self.storage).itemsize  # VEC in common.cuh
         self.device = cp.cuda.Device(device_index)
         with self.device:
             self.stream = cp.cuda.Stream(non_blocking=True)
+            self.copy_stream = cp.cuda.Stream(non_blocking=True) if self.overlap else self.stream
             self.sm_count = self.device.attributes["MultiProcessorCount"]
         self._enter()
         self._kernels = {}
-        for file, names in KERNELS.items():  # compile now: errors surface at load, not at a request
-            if file in DECODER_KERNELS:
-                continue  # compiled when a decoder model first uses them (ops_cuda_decoder.py)
-            module = _module(file, self._te)
-            for name in names:
-                if name.startswith("attention_d") and self._te == DTYPES["float32"]:
-                    continue  # the tensor-core kernels exist for fp16 and bf16 storage only
-                self._kernels[name] = module.get_function(name)
+        try:
+            for file, names in KERNELS.items():  # compile now: errors surface at load, not at a request
+                if file in DECODER_KERNELS:
+                    continue  # compiled when a decoder model first uses them (ops_cuda_decoder.py)
+                module = _module(file, self._te)
+                for name in names:
+                    if name.startswith("attention_d") and self._te == DTYPES["float32"]:
+                        continue  # the tensor-core kernels exist for fp16 and bf16 storage only
+                    self._kernels[name] = module.get_function(name)
+        except Exception as exc:  # NVRTC without the CUDA headers, a driver too old for the PTX, ...
+            raise TinyEmbedError(f"--device cuda:{device_index}: the CUDA kernels did not compile or load "
+                                 f"({type(exc).__name__}: {str(exc)[:2000]})") from exc
         # cublasGemmEx scalars: float32 because the compute type is CUBLAS_COMPUTE_32F.
         self._one = np.ones(1, np.float32)
         self._zero = np.zeros(1, np.float32)
-        # Two pinned staging buffers for batch uploads, used in turn; each event marks the end
-        # of the last copy out of its buffer.
-        self._staging = [None, None]
-        self._staged = [None, None]
+        self._slots = [_UploadSlot(), _UploadSlot()]  # batch uploads, used in turn
         self._turn = 0
-        self._staging_lock = threading.Lock()  # forwards from several threads share the buffers
+        self._staging_lock = threading.Lock()  # forwards from several threads share the slots
 
     # -- device context ---------------------------------------------------------------------------
     def _enter(self):
@@ -257,30 +286,62 @@ class CudaOps(CudaDecoderOps):
         return self.to_float32(array).get(stream=self.stream)
 
     def upload_batch(self, batch):
-        """(input_ids, position_ids, cu_seqlens) on the device, copied asynchronously from a
-        pinned staging buffer on this ops' stream."""
+        """(input_ids, position_ids, cu_seqlens) of a packed batch on the device."""
+        return self.upload_arrays(batch.input_ids, batch.position_ids, batch.cu_seqlens)
+
+    def upload_arrays(self, *arrays):
+        """Int32 host arrays -> device views, copied asynchronously from a pinned staging buffer
+        into one device buffer (one copy). The compute stream is made to wait for the copy; with
+        `overlap` the copy itself runs on the copy stream, beside whatever is computing."""
         self._enter()
         cp = _cp()
-        tokens, n = batch.num_tokens, len(batch)
-        count = 2 * tokens + n + 1
-        device = cp.empty(count, dtype=cp.int32)
+        sizes = [int(np.size(a)) for a in arrays]
+        count = sum(sizes)
         with self._staging_lock:
-            turn = self._turn
+            slot = self._slots[self._turn]
             self._turn ^= 1
-            if self._staged[turn] is not None:
-                self._staged[turn].synchronize()  # the copy that last read this buffer is done
-            if self._staging[turn] is None or self._staging[turn].size < count:
-                memory = cp.cuda.alloc_pinned_memory(4 * _round_up(max(count, 1 << 16), 1 << 16))
-                self._staging[turn] = np.frombuffer(memory, dtype=np.int32)
-            host = self._staging[turn][:count]
-            host[:tokens] = batch.input_ids
-            host[tokens:2 * tokens] = batch.position_ids
-            host[2 * tokens:] = batch.cu_seqlens
-            device.set(host, stream=self.stream)
-            event = cp.cuda.Event(disable_timing=True)
-            event.record(self.stream)
-            self._staged[turn] = event
-        return device[:tokens], device[tokens:2 * tokens], device[2 * tokens:]
+            if slot.copied is not None:
+                slot.copied.synchronize()  # the copy that last read this pinned buffer is done
+            if slot.unreleased:  # its last batch never called release_batch: wait for all of it
+                slot.consumed = _mark(self.stream)
+            if slot.host is None or slot.host.size < count:
+                size = _round_up(max(count, 1 << 16), 1 << 16)
+                slot.host = np.frombuffer(cp.cuda.alloc_pinned_memory(4 * size), dtype=np.int32)
+                # allocated on the compute stream: CuPy's pool reuses a freed block only in that
+                # stream's order, so the old buffer cannot be handed out while a kernel reads it
+                slot.device = cp.empty(size, dtype=cp.int32)
+                # ... but the copy stream could write it while a compute kernel still reads the
+                # block's former owner: the first copy into it waits for everything enqueued
+                slot.consumed = _mark(self.stream)
+            offset = 0
+            for array, size in zip(arrays, sizes):
+                slot.host[offset:offset + size] = array
+                offset += size
+            if self.overlap and slot.consumed is not None:
+                self.copy_stream.wait_event(slot.consumed)  # the compute that read it is done
+            cp.cuda.runtime.memcpyAsync(slot.device.data.ptr, slot.host.ctypes.data, 4 * count,
+                                        cp.cuda.runtime.memcpyHostToDevice, self.copy_stream.ptr)
+            slot.copied = _mark(self.copy_stream)
+            if self.overlap:
+                self.stream.wait_event(slot.copied)
+            slot.unreleased = True
+            views, offset = [], 0
+            for size in sizes:
+                views.append(slot.device[offset:offset + size])
+                offset += size
+        return tuple(views)
+
+    def release_batch(self, uploaded):
+        """Everything that reads `uploaded` (an array upload_arrays returned) is now enqueued: its
+        slot may be overwritten once the compute stream gets here (an event, no wait). Found by
+        address, so forwards from several threads each release their own slot."""
+        address = uploaded.data.ptr
+        with self._staging_lock:
+            for slot in self._slots:
+                start = slot.device.data.ptr if slot.device is not None else -1
+                if slot.unreleased and start <= address < start + 4 * slot.device.size:
+                    slot.consumed = _mark(self.stream)
+                    slot.unreleased = False
 
     # -- the ops ----------------------------------------------------------------------------------
     def _rows_block(self, width: int) -> int | None:
@@ -371,7 +432,7 @@ class CudaOps(CudaDecoderOps):
         tensor_cores = (not self.naive and self.storage != np.float32 and head_dim in TC_HEAD_DIMS
                         and width % 8 == 0)
         if tensor_cores:
-            q_tiles = (int(max_len) + TC_BLOCK_M - 1) // TC_BLOCK_M
+            q_tiles = max(1, (int(max_len) + TC_BLOCK_M - 1) // TC_BLOCK_M)  # never a zero-sized grid
             scale_log2 = np.float32(scale * math.log2(math.e))
             for first in range(0, n, MAX_GRID_Z):  # grid.z is the sequence (at most 65535)
                 self._launch(f"attention_d{head_dim}", (q_tiles, num_heads, min(MAX_GRID_Z, n - first)), 128,

@@ -4,7 +4,9 @@ One `Connection` per socket. Requests are parsed as bytes arrive and queued; one
 connection answers them in order (pipelining), so a response never overtakes an earlier one.
 What a client may cost is bounded: header and body size (413 from Content-Length, before the
 body is read), header/body/idle timeouts (a slow or silent client is cut off), a connection cap,
-and how many pipelined requests are read ahead. A client that disconnects cancels the task
+how many pipelined requests are read ahead, and how long a reply may sit unread: once more than
+`send_buffer_bytes` wait to be sent, reading from that client pauses, and if the client has not
+taken all of it within `write_timeout` the connection is cut (its buffered reply freed). A client that disconnects cancels the task
 answering it, so its queued work is dropped.
 
 The handler (app.py) turns a `Request` into a `Response` and never raises.
@@ -129,6 +131,7 @@ class Connection(asyncio.Protocol):
         self.write_paused = False
         self._drained: asyncio.Future | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None  # runs while a reply waits on the client
         self._rejected: Response | None = None
         self._reset_request()
 
@@ -143,6 +146,8 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        # low=0: resume_writing means the reply is wholly sent, which ends its write deadline
+        transport.set_write_buffer_limits(high=self.limits.send_buffer_bytes, low=0)
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) else "local"
         over_cap = len(self.server.connections) >= self.limits.max_connections
@@ -158,6 +163,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.closing = True
         self._cancel_timer()
+        self._cancel_write_timer()
         self.queue.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()  # the client is gone: drop its queued work
@@ -172,11 +178,28 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.transport.pause_reading()  # no new requests from a client that does not read replies
+        if self._write_timer is None:
+            self._write_timer = asyncio.get_running_loop().call_later(self.limits.write_timeout, self._write_timeout)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._cancel_write_timer()
+        if not self.reading_paused and not self.closing:
+            self.transport.resume_reading()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+
+    def _write_timeout(self) -> None:
+        self._write_timer = None
+        log.info("closing a connection from %s: its reply was not read within %.0fs", self.client,
+                 self.limits.write_timeout)
+        self.abort()
+
+    def _cancel_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
     def data_received(self, data: bytes) -> None:
         if self.discarding or self.closing:
@@ -268,7 +291,8 @@ class Connection(asyncio.Protocol):
             item = self.queue.popleft()
             if self.reading_paused and len(self.queue) < self.limits.max_pipelined:
                 self.reading_paused = False
-                self.transport.resume_reading()
+                if not self.write_paused:
+                    self.transport.resume_reading()
             if isinstance(item, Response):  # a protocol error: the last thing this connection says
                 self._write(item, head=False, close=True)
                 self._linger()
@@ -283,15 +307,9 @@ class Connection(asyncio.Protocol):
             if close:
                 self._close()
                 return
-            if self.write_paused:  # the client reads slowly: wait, but not forever
-                loop = asyncio.get_running_loop()
-                self._drained = loop.create_future()
-                # its own timer: the read timers may be running for a pipelined request
-                give_up = loop.call_later(self.limits.body_timeout, self.abort)
-                try:
-                    await self._drained
-                finally:
-                    give_up.cancel()
+            if self.write_paused:  # the client reads slowly: wait (the write timer bounds it)
+                self._drained = asyncio.get_running_loop().create_future()
+                await self._drained
         if not self.parsing and not self.closing:
             if self.server.draining:
                 self._close()
@@ -347,7 +365,9 @@ class Connection(asyncio.Protocol):
     def _close(self) -> None:
         self._cancel_timer()
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+            self.transport.close()  # sends what is buffered first: bounded by the write timer
+            if self.transport.get_write_buffer_size() and self._write_timer is None:
+                self._write_timer = asyncio.get_running_loop().call_later(self.limits.write_timeout, self.abort)
 
     def _set_timer(self, delay: float, callback) -> None:
         self._cancel_timer()

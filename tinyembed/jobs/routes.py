@@ -20,6 +20,7 @@ from urllib.parse import parse_qs
 import msgspec
 
 from tinyembed.jobs import files as batch_files
+from tinyembed.jobs import openapi_ops
 from tinyembed.jobs import batches as batch_jobs
 from tinyembed.jobs.store import Store
 from tinyembed.server.http import Request, Response
@@ -55,6 +56,7 @@ class BatchApi:
                  clock=None, **job_options):
         self.app = app
         self.raw_body_routes = MULTIPART_ROUTES  # multipart uploads: the app skips its JSON check
+        self.operations = openapi_ops.OPERATIONS  # how /openapi.json describes these routes
         self.max_upload_bytes = max_upload_bytes
         self.retention_seconds = retention_seconds
         self.store = Store(data_dir, **({"clock": clock} if clock else {}))

@@ -104,7 +104,8 @@ class App:
         # match(path), raw_body_routes, start() and async stop().
         self.groups = [group for group in (mount(self) for mount in mounts) if group is not None]
         self.raw_body_routes = frozenset().union(*(group.raw_body_routes for group in self.groups))
-        self._openapi = openapi.document(list(self.routes))
+        openapi.document(list(self.routes), extra=openapi.operations_of(self.groups))  # every route described
+        self._openapi: tuple[bool, bytes] | None = None  # (built when ready?, document)
         self._init_metrics()
 
     def _init_metrics(self) -> None:
@@ -322,7 +323,10 @@ class App:
         return Response(200, text.encode(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def openapi(self, request: Request, ctx: Context) -> Response:
-        return Response(200, self._openapi)
+        if self._openapi is None or self._openapi[0] != self.ready:  # the served models shape it
+            self._openapi = (self.ready, openapi.document(list(self.routes), openapi.served_from(self),
+                                                          openapi.operations_of(self.groups)))
+        return Response(200, self._openapi[1])
 
     # -- logging -------------------------------------------------------------------------------------
     def _log_access(self, request: Request, response: Response, ctx: Context, elapsed: float) -> None:

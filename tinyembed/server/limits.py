@@ -10,6 +10,10 @@ finish on an otherwise idle server; a 408 means it waited behind other work for 
 
 from __future__ import annotations
 
+import time
+
+from tinyembed.scheduler.runner import DeadlineExceeded
+
 MAX_MESSAGE_CHARS = 1000  # an error message never echoes more than this
 MAX_ECHO_CHARS = 64  # a client value (model name, id) quoted in a message
 DRAIN_FLOOR_TOKENS_PER_S = 1000.0  # assumed before the first batch was measured: slow on purpose
@@ -49,7 +53,11 @@ def drain_rate(runner, engine) -> float:
 
 
 def deadline(arrived: float, request_timeout: float, tokens: int, rate: float) -> float:
-    """Arrival + the wait budget + the request's own estimated compute time (with margin)."""
+    """Arrival + the wait budget + the request's own estimated compute time (with margin).
+    A request whose wait budget is already spent (behind its connection's earlier requests, or
+    in tokenization) is refused here, before it joins a queue."""
+    if time.monotonic() >= arrived + request_timeout:
+        raise DeadlineExceeded()
     own = DRAIN_MARGIN * tokens / (rate if rate > 0 else DRAIN_FLOOR_TOKENS_PER_S)
     return arrived + request_timeout + own
 

@@ -133,7 +133,7 @@ class BatchApi:
         return _json(batch_files.file_object(row))
 
     async def list_files(self, request: Request, ctx) -> Response:
-        query = _query(request)
+        query = _query(request, ("limit", "after", "order", "purpose"))
         order = query.get("order", "desc")
         if order not in ("asc", "desc"):
             raise ApiError(400, "invalid_request", "order must be 'asc' or 'desc'.", "order")
@@ -197,7 +197,7 @@ class BatchApi:
         return _json(batch_jobs.batch_object(await self._batch(id, ctx)))
 
     async def list_batches(self, request: Request, ctx) -> Response:
-        query = _query(request)
+        query = _query(request, ("limit", "after"))
         rows, more = await self.store.call(self.store.list_batches, query.get("after"), _limit(query, 20, 100),
                                            self._owners(ctx))
         return _json(_page([batch_jobs.batch_object(r) for r in rows], more))
@@ -222,8 +222,13 @@ def _page(data: list[dict], has_more: bool) -> dict:
             "last_id": data[-1]["id"] if data else None, "has_more": has_more}
 
 
-def _query(request: Request) -> dict[str, str]:
-    return {k: v[-1] for k, v in parse_qs(request.query).items()}
+def _query(request: Request, known: tuple[str, ...]) -> dict[str, str]:
+    """The query parameters, each once; an unknown one is a 400 like an unknown body field."""
+    query = {k: v[-1] for k, v in parse_qs(request.query, keep_blank_values=True).items()}
+    for name in query:
+        if name not in known:
+            raise ApiError(400, "unknown_parameter", f"Unrecognized query parameter: {echo(name)}", echo(name))
+    return query
 
 
 def _limit(query: dict, default: int, maximum: int) -> int:

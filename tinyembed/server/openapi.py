@@ -131,9 +131,10 @@ def document(routes: list[str], served: Served | None = None, extra: dict | None
     paths = {route: {method: _operation(route, op, served, types) for method, op in operations[route].items()}
              for route in routes}
     _, schemas = msgspec.json.schema_components(tuple(types), ref_template=REF)
-    for name in ("EmbeddingRequest", "TokenizeRequest"):
-        if served.models:
-            schemas[name]["properties"]["model"] = {"type": "string", "enum": list(served.models)}
+    if served.models:
+        model = {"type": "string", "enum": list(served.models)}
+        schemas["EmbeddingRequest"]["properties"]["model"] = model
+        schemas["TokenizeRequest"]["properties"]["model"] = {"anyOf": [model, {"type": "null"}]}  # null: the first
     schemas["EmbeddingRequest"]["properties"]["input"] = _input_schema(served)
     schemas["TokenizeRequest"]["properties"]["input"] = {"anyOf": _input_schema(served)["anyOf"][:2]}
     if served.min_dimensions:

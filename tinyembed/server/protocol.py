@@ -243,6 +243,9 @@ def parse_texts(value: str | list[str]) -> list[str]:
     texts = [value] if isinstance(value, str) else value
     if not texts:
         raise ApiError(400, "invalid_input", "'input' is an empty list; send at least one input.", "input")
+    for i, text in enumerate(texts):  # as /v1/embeddings: an empty text has nothing to tokenize
+        if not text:
+            raise ApiError(400, "invalid_input", f"input[{i}] is an empty string.", "input")
     return texts
 
 

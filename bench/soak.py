@@ -119,12 +119,15 @@ class Load:
         self.port, self.model, self.until = port, model, until
         self.statuses: Counter = Counter()  # (kind, status) -> count
         self.leaks: list[str] = []
+        self.notes: list[str] = []  # the first unexpected errors, for the report
         self.lock = threading.Lock()
         self.texts = mixed_corpus(600)
 
-    def count(self, kind: str, status: int) -> None:
+    def count(self, kind: str, status: int, what: str = "") -> None:
         with self.lock:
             self.statuses[(kind, status)] += 1
+            if status >= 400 and kind != "hostile" and len(self.notes) < 20:
+                self.notes.append(f"{kind} {status} {what}")
 
     def running(self) -> bool:
         return time.monotonic() < self.until
@@ -153,13 +156,13 @@ class Load:
                                           "truncate": True}})
                      for i in range(200)]
             status, body = upload(self.port, ("\n".join(lines) + "\n").encode(), KEY_A)
-            self.count("batch", status)
+            self.count("batch", status, f"upload {body[:200]!r}")
             if status != 200:
                 continue
             file_id = json.loads(body)["id"]
             status, body = call(self.port, "POST", "/v1/batches", {"input_file_id": file_id, "endpoint":
                                                                     "/v1/embeddings", "completion_window": "24h"})
-            self.count("batch", status)
+            self.count("batch", status, f"create {body[:200]!r}")
             if status != 200:
                 continue
             batch = json.loads(body)
@@ -174,7 +177,8 @@ class Load:
                 self.cross_tenant(file_id, batch["id"], batch["output_file_id"])
             for fid in (file_id, batch.get("output_file_id"), batch.get("error_file_id")):
                 if fid:
-                    self.count("batch", call(self.port, "DELETE", f"/v1/files/{fid}")[0])
+                    status, body = call(self.port, "DELETE", f"/v1/files/{fid}")
+                    self.count("batch", status, f"delete {body[:200]!r}")
 
     def cross_tenant(self, file_id: str, batch_id: str, output_id: str) -> None:
         """Tenant B on tenant A's objects: every route must say 404 (and lists must not show them)."""
@@ -222,14 +226,18 @@ class Load:
         body = json.dumps({"model": self.model, "input": ["slow reader"] * 2048, "encoding_format": "float"}).encode()
         sock.sendall(f"POST /v1/embeddings HTTP/1.1\r\nHost: s\r\nAuthorization: Bearer {KEY_A}\r\n"
                      f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
-        sock.settimeout(45.0)
-        started = time.monotonic()
+        sock.settimeout(300.0)
+        started = None
         try:
-            while time.monotonic() - started < 45.0 and sock.recv(1, socket.MSG_PEEK):
-                time.sleep(1.0)  # data is waiting: peek, never read
+            while sock.recv(1, socket.MSG_PEEK):  # data is waiting: peek, never read
+                started = started or time.monotonic()  # the reply began: the write timeout runs
+                if time.monotonic() - started > 45.0:
+                    break
+                time.sleep(1.0)
         except OSError:
             pass  # reset by the server: cut off, as it should be
-        self.count("slow_reader_cut" if time.monotonic() - started < 45.0 else "slow_reader_kept", 0)
+        cut = started is not None and time.monotonic() - started <= 45.0
+        self.count("slow_reader_cut" if cut else "slow_reader_kept", 0)
         sock.close()
 
 
@@ -323,7 +331,7 @@ def run(duration: float, model: str, sample_every: float, server_args: list[str]
         "samples": [(round(t), round(r, 1)) for t, r in samples],
         "statuses": dict(sorted(statuses.items())),
         "client_5xx": sum(n for (_, status), n in load.statuses.items() if status >= 500),
-        "server_5xx": server_5xx, "leaks": load.leaks,
+        "server_5xx": server_5xx, "leaks": load.leaks, "notes": load.notes,
         "big_text_before": cost_before, "big_text_after": cost_after,
         "tracebacks_in_log": log.count("Traceback"), "exit_code": code,
     }
@@ -357,6 +365,8 @@ def main(argv=None) -> int:
     print(f"5xx: client saw {report['client_5xx']}, server counted {report['server_5xx'] or 0}; tenant leaks: "
           f"{len(report['leaks'])}; tracebacks in the log: {report['tracebacks_in_log']}; exit code {report['exit_code']}")
     print("statuses: " + ", ".join(f"{k}={v}" for k, v in report["statuses"].items()))
+    for note in report["notes"]:
+        print("  " + note)
     return 0
 
 

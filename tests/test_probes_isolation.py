@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 
 import openai
 import pytest
 
 from conftest import TINY_MODEL, start_server
+from test_batch_api import wait as wait_done
 
 KEYS = {"alpha": "k-alpha-one", "alpha2": "k-alpha-two", "beta": "k-beta", "solo": "k-solo"}
 TENANT = {"alpha": "alpha", "alpha2": "alpha", "beta": "beta", "solo": "solo"}  # who shares with whom
@@ -33,16 +33,6 @@ def tenants(tmp_path_factory):
     assert proc.stop() == 0, proc.log()
 
 
-def wait_done(client, batch_id: str):
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status in ("completed", "failed", "cancelled", "expired"):
-            return batch
-        time.sleep(0.05)
-    raise AssertionError(f"batch {batch_id} did not finish")
-
-
 def make_objects(client) -> dict:
     """A file, a finished batch (with its output file) and a batch left running (to cancel)."""
     upload = client.files.create(file=("in.jsonl", json.dumps(LINE).encode() + b"\n"), purpose="batch")
@@ -55,40 +45,38 @@ def make_objects(client) -> dict:
     return {"files": [upload.id, done.output_file_id, big_file.id], "batches": [done.id, running.id]}
 
 
+def not_404(calls) -> list[str]:
+    """The names of the calls that did not raise NotFoundError (each one a leak)."""
+    found = []
+    for name, call in calls:
+        try:
+            call()
+            found.append(name)
+        except openai.NotFoundError:
+            pass
+    return found
+
+
 def leaks(client, objects: dict) -> list[str]:
     """Every files/batches route tried on someone else's objects: what should have been a 404 and was not."""
     found = []
-    listed_files = {f.id for f in client.files.list()}
-    listed_files |= {f.id for f in client.files.list(order="asc")}
-    listed_batches = {b.id for b in client.batches.list(limit=100)}
+    listed = {f.id for f in client.files.list()} | {f.id for f in client.files.list(order="asc")}
+    listed |= {b.id for b in client.batches.list(limit=100)}
     for file_id in objects["files"]:
-        if file_id in listed_files:
-            found.append(f"files.list shows {file_id}")
-        for name, call in (("files.retrieve", lambda: client.files.retrieve(file_id)),
-                           ("files.content", lambda: client.files.content(file_id)),
-                           ("files.delete", lambda: client.files.delete(file_id)),
-                           ("batches.create", lambda: client.batches.create(
-                               input_file_id=file_id, endpoint="/v1/embeddings", completion_window="24h"))):
-            try:
-                call()
-                found.append(f"{name} {file_id}")
-            except openai.NotFoundError:
-                pass
-        # paging from another tenant's id reveals nothing either
-        if list(client.files.list(after=file_id)):
+        found += not_404([
+            (f"files.retrieve {file_id}", lambda: client.files.retrieve(file_id)),
+            (f"files.content {file_id}", lambda: client.files.content(file_id)),
+            (f"files.delete {file_id}", lambda: client.files.delete(file_id)),
+            (f"batches.create on {file_id}", lambda: client.batches.create(
+                input_file_id=file_id, endpoint="/v1/embeddings", completion_window="24h"))])
+        if list(client.files.list(after=file_id)):  # paging from another tenant's id reveals nothing
             found.append(f"files.list(after={file_id}) pages from it")
     for batch_id in objects["batches"]:
-        if batch_id in listed_batches:
-            found.append(f"batches.list shows {batch_id}")
-        for name, call in (("batches.retrieve", lambda: client.batches.retrieve(batch_id)),
-                           ("batches.cancel", lambda: client.batches.cancel(batch_id))):
-            try:
-                call()
-                found.append(f"{name} {batch_id}")
-            except openai.NotFoundError:
-                pass
+        found += not_404([(f"batches.retrieve {batch_id}", lambda: client.batches.retrieve(batch_id)),
+                          (f"batches.cancel {batch_id}", lambda: client.batches.cancel(batch_id))])
         if list(client.batches.list(after=batch_id)):
             found.append(f"batches.list(after={batch_id}) pages from it")
+    found += [f"listed: {object_id}" for object_id in listed & {*objects["files"], *objects["batches"]}]
     return found
 
 
@@ -169,3 +157,12 @@ def test_old_data_dir_migrates_and_unowned_rows_need_a_keyless_server(tmp_path_f
             assert {f.id for f in client.files.list()} == {"file-old", fresh.id}  # no keys: no filter
     finally:
         assert open_server.stop() == 0
+
+
+@pytest.mark.parametrize("spec,key,project", [("k", "k", None), ("k:proj", "k", "proj"), ("k:", "k", None),
+                                               ("a:b:proj", "a:b", "proj"), ("k:has space", "k:has space", None),
+                                               (":proj", ":proj", None)])
+def test_key_and_project_split(spec, key, project):
+    from tinyembed.server.auth import split_key
+
+    assert split_key(spec) == (key, project)

@@ -176,7 +176,7 @@ class Load:
                 self.count("batch", status)
                 self.cross_tenant(file_id, batch["id"], batch["output_file_id"])
             for fid in (file_id, batch.get("output_file_id"), batch.get("error_file_id")):
-                if fid:
+                if fid and batch["status"] in ("completed", "failed", "cancelled", "expired"):
                     status, body = call(self.port, "DELETE", f"/v1/files/{fid}")
                     self.count("batch", status, f"delete {body[:200]!r}")
 
@@ -236,8 +236,11 @@ class Load:
                 time.sleep(1.0)
         except OSError:
             pass  # reset by the server: cut off, as it should be
-        cut = started is not None and time.monotonic() - started <= 45.0
-        self.count("slow_reader_cut" if cut else "slow_reader_kept", 0)
+        if started is None:
+            outcome = "slow_reader_unanswered"  # the run ended before its reply began
+        else:
+            outcome = "slow_reader_cut" if time.monotonic() - started <= 45.0 else "slow_reader_kept"
+        self.count(outcome, 0)
         sock.close()
 
 

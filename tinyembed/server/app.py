@@ -166,7 +166,7 @@ class App:
             response = error_response(500, "internal_error", f"Internal server error (request id {request.id}).")
         finally:
             self.m_in_flight.inc(by=-1)
-        self.memory.after(len(request.body) + len(response.body))
+        self.memory.after(len(request.body) + len(response.body), ctx.tokens)
         elapsed = time.monotonic() - request.arrived
         self.m_requests.inc(ctx.route, str(response.status))
         self.m_latency.observe(elapsed, ctx.route)

@@ -5,8 +5,11 @@ core): after a burst of large requests the process would hold its peak RSS for g
 remedies, both through ctypes and both no-ops where glibc is absent:
 - at start, cap the number of arenas (M_ARENA_MAX): tokenizer, compute and Rust worker threads
   then share a few arenas instead of each keeping its own high-water mark;
-- after a request that moved at least `threshold` bytes (body in or out), `malloc_trim(0)`
-  shortly afterwards, on a worker thread: it returns free pages of every arena to the OS.
+- after a request that moved at least `threshold` bytes (body in or out, plus ~1 KiB per token
+  of compute, for the forward pass's activations), `malloc_trim(0)` shortly afterwards, on a
+  worker thread: it returns free pages of every arena to the OS;
+- and every PERIODIC_S seconds regardless, for work that is not a request: batch jobs, and the
+  replies of clients that were cut off.
 Measured by tests/test_probes_http.py (RSS after a 15 MB text) and bench/soak.py (RSS curve).
 """
 
@@ -25,6 +28,8 @@ ARENA_MAX = 4
 TRIM_THRESHOLD_BYTES = 1 << 20
 TRIM_DELAY_S = 0.2  # after the response: its buffers are freed once the reply is written
 TRIM_MIN_INTERVAL_S = 1.0
+PERIODIC_S = 5.0
+TOKEN_BYTES = 1024  # what one token of compute is counted as, for the threshold
 
 
 def _libc():
@@ -41,14 +46,20 @@ class MemoryReturner:
         self.threshold = threshold
         self.libc = _libc()
         self._pending = False
+        self._periodic = False
         self._last = 0.0
         self.trims = 0
         if self.libc is not None:
             self.libc.mallopt(M_ARENA_MAX, ARENA_MAX)
 
-    def after(self, nbytes: int) -> None:
-        """Called on the event loop after each request with the bytes it moved."""
-        if self.libc is None or nbytes < self.threshold or self._pending:
+    def after(self, nbytes: int, tokens: int = 0) -> None:
+        """Called on the event loop after each request with the bytes it moved and its tokens."""
+        if self.libc is None:
+            return
+        if not self._periodic:
+            self._periodic = True
+            asyncio.get_running_loop().call_later(PERIODIC_S, self._every)
+        if nbytes + tokens * TOKEN_BYTES < self.threshold or self._pending:
             return
         self._pending = True
         delay = max(TRIM_DELAY_S, self._last + TRIM_MIN_INTERVAL_S - time.monotonic())
@@ -58,7 +69,16 @@ class MemoryReturner:
         self._pending = False
         self._last = time.monotonic()
         self.trims += 1
-        asyncio.get_running_loop().run_in_executor(None, self.libc.malloc_trim, 0)
+        try:
+            asyncio.get_running_loop().run_in_executor(None, self.libc.malloc_trim, 0)
+        except RuntimeError:  # the loop is shutting down: nothing left to give back
+            pass
+
+    def _every(self) -> None:
+        if time.monotonic() - self._last >= PERIODIC_S and not self._pending:
+            self._pending = True
+            self._trim()
+        asyncio.get_running_loop().call_later(PERIODIC_S, self._every)
 
     def trim_now(self) -> None:
         if self.libc is not None:

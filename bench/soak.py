@@ -229,11 +229,11 @@ class Load:
         sock.settimeout(300.0)
         started = None
         try:
-            while sock.recv(1, socket.MSG_PEEK):  # data is waiting: peek, never read
-                started = started or time.monotonic()  # the reply began: the write timeout runs
-                if time.monotonic() - started > 45.0:
-                    break
-                time.sleep(1.0)
+            sock.recv(1, socket.MSG_PEEK)  # the reply began (peeked, never read): the write timeout runs
+            started = time.monotonic()
+            # until the server closes or resets it (a peek would still see the unread bytes)
+            while _tcp_state(sock) == TCP_ESTABLISHED and time.monotonic() - started <= 45.0:
+                time.sleep(0.5)
         except OSError:
             pass  # reset by the server: cut off, as it should be
         if started is None:
@@ -242,6 +242,13 @@ class Load:
             outcome = "slow_reader_cut" if time.monotonic() - started <= 45.0 else "slow_reader_kept"
         self.count(outcome, 0)
         sock.close()
+
+
+TCP_ESTABLISHED = 1
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]  # struct tcp_info: tcpi_state first
 
 
 def upload(port: int, data: bytes, key: str) -> tuple[int, bytes]:
@@ -337,6 +344,7 @@ def run(duration: float, model: str, sample_every: float, server_args: list[str]
         "server_5xx": server_5xx, "leaks": load.leaks, "notes": load.notes,
         "big_text_before": cost_before, "big_text_after": cost_after,
         "tracebacks_in_log": log.count("Traceback"), "exit_code": code,
+        "server_cut_slow_readers": log.count("its reply was not read"),
     }
 
 
@@ -365,6 +373,7 @@ def main(argv=None) -> int:
               f"({cost['server_cpu_s']} s server CPU; goal < 1), of which the size itself {cost['size_cost_s']} s "
               f"({cost['size_cost_cpu_s']} s CPU) over a 2000-character text, "
               f"peak +{cost['peak_above_mb']} MB over {cost['rss_before_mb']} MB (goal < 50)")
+    print(f"slow readers cut by the server: {report['server_cut_slow_readers']}")
     print(f"5xx: client saw {report['client_5xx']}, server counted {report['server_5xx'] or 0}; tenant leaks: "
           f"{len(report['leaks'])}; tracebacks in the log: {report['tracebacks_in_log']}; exit code {report['exit_code']}")
     print("statuses: " + ", ".join(f"{k}={v}" for k, v in report["statuses"].items()))

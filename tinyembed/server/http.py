@@ -19,6 +19,8 @@ import itertools
 import logging
 import os
 import re
+import socket
+import struct
 import time
 from collections import deque
 from typing import Awaitable, Callable
@@ -194,6 +196,17 @@ class Connection(asyncio.Protocol):
         self._write_timer = None
         log.info("closing a connection from %s: its reply was not read within %.0fs", self.client,
                  self.limits.write_timeout)
+        self.reset()
+
+    def reset(self) -> None:
+        """Abort with a TCP reset: a plain close would leave the kernel sending the unread reply
+        (up to its send buffer, megabytes) to a client that never takes it."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        try:
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
         self.abort()
 
     def _cancel_write_timer(self) -> None:
@@ -367,7 +380,7 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()  # sends what is buffered first: bounded by the write timer
             if self.transport.get_write_buffer_size() and self._write_timer is None:
-                self._write_timer = asyncio.get_running_loop().call_later(self.limits.write_timeout, self.abort)
+                self._write_timer = asyncio.get_running_loop().call_later(self.limits.write_timeout, self.reset)
 
     def _set_timer(self, delay: float, callback) -> None:
         self._cancel_timer()

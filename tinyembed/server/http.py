@@ -142,6 +142,7 @@ class Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._header_bytes = 0
         self._body: list[bytes] = []
+        self._body_buffer: bytearray | None = None  # sized from Content-Length: one copy of a big body
         self._body_size = 0
         self._arrived = 0.0
 
@@ -260,6 +261,9 @@ class Connection(asyncio.Protocol):
         length = self._headers.get("content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.limits.max_body_bytes:
             raise self._reject(_too_large(self.limits.max_body_bytes))
+        if length is not None and length.strip().isascii() and length.strip().isdigit() and \
+                int(length) >= BODY_BUFFER_MIN:
+            self._body_buffer = bytearray(int(length))  # filled in place: no list of chunks joined later
         self._set_timer(self.limits.body_timeout, self._read_timeout)
         if self._headers.get("expect", "").lower() == "100-continue" and not self.queue and self._idle_task():
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -268,7 +272,11 @@ class Connection(asyncio.Protocol):
         self._body_size += len(chunk)
         if self._body_size > self.limits.max_body_bytes:  # chunked bodies have no Content-Length
             raise self._reject(_too_large(self.limits.max_body_bytes))
-        self._body.append(chunk)
+        buffer = self._body_buffer
+        if buffer is not None and self._body_size <= len(buffer):
+            buffer[self._body_size - len(chunk):self._body_size] = chunk
+        else:
+            self._body.append(chunk)
 
     def on_message_complete(self) -> None:
         self.parsing = False
@@ -279,7 +287,7 @@ class Connection(asyncio.Protocol):
             path=url.path.decode("latin-1"),
             query=(url.query or b"").decode("latin-1"),
             headers=self._headers,
-            body=b"".join(self._body),
+            body=self._take_body(),
             keep_alive=self.parser.should_keep_alive(),
             arrived=self._arrived,
             client=self.client,
@@ -289,6 +297,15 @@ class Connection(asyncio.Protocol):
         if len(self.queue) >= self.limits.max_pipelined and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
+
+    def _take_body(self) -> bytes | bytearray:
+        buffer = self._body_buffer
+        if buffer is None:
+            return b"".join(self._body)
+        if not self._body and self._body_size == len(buffer):
+            return buffer  # a bytearray: every reader of Request.body takes bytes-like objects
+        filled = min(self._body_size, len(buffer))  # a body that disagreed with its Content-Length
+        return bytes(buffer[:filled]) + b"".join(self._body)
 
     # -- answering, in order -----------------------------------------------------------------
     def _idle_task(self) -> bool:
@@ -390,6 +407,9 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+BODY_BUFFER_MIN = 64 * 1024  # smaller bodies arrive in one chunk or two: joining them is free
 
 
 def _too_large(limit: int) -> Response:

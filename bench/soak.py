@@ -298,15 +298,19 @@ def slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
     return 60.0 * cov / var if var else 0.0
 
 
-def run(duration: float, model: str, sample_every: float, server_args: list[str]) -> dict:
+KINDS = ("interactive", "bulk", "batches", "hostile")
+
+
+def run(duration: float, model: str, sample_every: float, server_args: list[str], kinds=KINDS) -> dict:
     with tempfile.TemporaryDirectory(prefix="tinyembed-soak-") as tmp:
         server = Server(model, str(Path(tmp) / "data"), Path(tmp) / "server.log", server_args)
         try:
             idle_rss = server.rss_mb()
             cost_before = big_text_cost(server, model)
             load = Load(server.port, model, time.monotonic() + duration)
-            workers = [threading.Thread(target=load.interactive, args=(i,), daemon=True) for i in range(3)]
-            workers += [threading.Thread(target=fn, daemon=True) for fn in (load.bulk, load.batches, load.hostile)]
+            workers = [threading.Thread(target=load.interactive, args=(i,), daemon=True)
+                       for i in range(3 if "interactive" in kinds else 0)]
+            workers += [threading.Thread(target=getattr(load, kind), daemon=True) for kind in KINDS[1:] if kind in kinds]
             started = time.monotonic()
             for worker in workers:
                 worker.start()
@@ -356,9 +360,10 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--max-batch-tokens", type=int, default=None,
                         help="passed to the server (unset: its default); activations grow with it")
+    parser.add_argument("--only", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
     args = parser.parse_args(argv)
     extra = ["--max-batch-tokens", str(args.max_batch_tokens)] if args.max_batch_tokens else []
-    report = run(args.duration, args.model, args.sample_every, extra)
+    report = run(args.duration, args.model, args.sample_every, extra, tuple(args.only.split(",")))
     if args.json:
         print(json.dumps(report))
         return 0

@@ -196,7 +196,7 @@ def test_engine_bug_is_a_generic_500_with_request_id(gated, caplog):
 
 
 def test_a_client_that_does_not_read_its_responses_is_cut_off(gated):
-    server = gated(http=HttpLimits(body_timeout=0.3))
+    server = gated(http=HttpLimits(write_timeout=0.3))
     server.engine.gate.set()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a tiny window: replies back up fast

@@ -45,10 +45,13 @@ SERVE_OPTIONS = {
     "--rate-limit-tpm": (int, "tokens per minute per API key (per client address without keys); 0 = off"),
     "--max-connections": (int, "open connections; 503 beyond"),
     "--header-timeout": (float, "seconds to receive a request's headers"),
-    "--body-timeout": (float, "seconds to receive a request's body (and to drain a reply to a slow reader)"),
+    "--body-timeout": (float, "seconds to receive a request's body"),
+    "--write-timeout": (float, "seconds a reply may wait for a client that does not read it; the connection is "
+                               "cut after"),
+    "--send-buffer-bytes": (int, "reply bytes buffered per connection before reading from it pauses"),
     "--idle-timeout": (float, "seconds an idle keep-alive connection stays open"),
     "--shutdown-timeout": (float, "seconds SIGTERM waits for in-flight requests"),
-    "--api-key-file": (str, "file with one API key per line"),
+    "--api-key-file": (str, "file with one API key per line (KEY or KEY:PROJECT)"),
     "--log-format": (str, " | ".join(LOG_FORMATS)),
     "--log-level": (str, "debug | info | warning | error"),
     "--loop": (str, "auto (uvloop when installed) | uvloop | asyncio"),
@@ -68,7 +71,8 @@ SERVE_REPEATABLE = {
                "(repeatable; default all-MiniLM-L6-v2)",
     "--served-model-name": "ALIAS or ALIAS=MODEL: another id a model answers to, e.g. text-embedding-3-small "
                            "(repeatable; a bare ALIAS names the first model)",
-    "--api-key": "accepted Bearer key (repeatable; also TINYEMBED_API_KEYS, comma-separated)",
+    "--api-key": "accepted Bearer key, KEY or KEY:PROJECT; files and batches belong to the project (or the key) "
+                 "that made them (repeatable; also TINYEMBED_API_KEYS, comma-separated)",
 }
 SERVE_SWITCHES = {
     "--auto-truncate": "truncate over-long inputs instead of answering 400 context_length_exceeded",

@@ -68,7 +68,7 @@ class COps(NumpyOps):
         self._arena = threading.local()
         # BLAS and the kernels take turns, so each may use every available core, but no more:
         # an OpenBLAS sized by os.cpu_count() in a 1-CPU container spins threads on one core.
-        self._blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+        self._blas_libs = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
         self._blas_threads = None
         self._set_blas_threads(self.threads)
 
@@ -123,7 +123,7 @@ class COps(NumpyOps):
 
     def _set_blas_threads(self, n: int) -> None:
         if n != self._blas_threads:  # a direct call into the BLAS library: about a microsecond
-            for controller in self._blas:
+            for controller in self._blas_libs:
                 controller.set_num_threads(n)
             self._blas_threads = n
 

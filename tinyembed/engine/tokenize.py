@@ -14,6 +14,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import processors
 
 from tinyembed.common.errors import InputError, ModelLoadError
+from tinyembed.engine import textcap
 from tinyembed.engine.spec import ModelSpec
 
 INPUT_TYPES = ("query", "document")
@@ -40,6 +41,7 @@ class Tokenizer:
         # it cut, which is how an over-long input is detected without encoding it twice.
         self._tok.enable_truncation(self.max_length)
         self.num_special = self._tok.num_special_tokens_to_add(is_pair=False)
+        self.char_limit = self.max_length * textcap.MAX_CHARS_PER_TOKEN  # no input is read past this
 
     def _enforce_template(self, template: str, file) -> None:
         """Specials the model needs that tokenizer.json does not add (see engine/families):
@@ -57,28 +59,47 @@ class Tokenizer:
         self._tok.post_processor = step
 
     def encode(self, texts: list[str], truncate: bool = False, input_type: str | None = None,
-               prompt_name: str | None = None) -> list[np.ndarray]:
-        """Token ids for each text. Runs in the tokenizers' Rust threads without the GIL."""
+               prompt_name: str | None = None, start: int = 0) -> list[np.ndarray]:
+        """Token ids for each text. Runs in the tokenizers' Rust threads without the GIL.
+        Texts are cut by characters first (engine/textcap.py): no input is read past
+        max_length * MAX_CHARS_PER_TOKEN characters. `start`: the index of texts[0] in the
+        caller's request (for messages)."""
         prompt = self.prompt(input_type, prompt_name)
-        if prompt:
-            texts = [prompt + text for text in texts]
-        encodings = self._tok.encode_batch(texts, add_special_tokens=True)
+        encodings, cut = self._encode_capped(texts, prompt, self.max_length * textcap.FIRST_CHARS_PER_TOKEN)
+        retry = [i for i, enc in enumerate(encodings) if cut[i] and not enc.overflowing]
+        if retry:  # sparse texts: their first cut had room left; read up to the hard bound
+            more, more_cut = self._encode_capped([texts[i] for i in retry], prompt, self.char_limit)
+            for i, enc, was_cut in zip(retry, more, more_cut):
+                encodings[i], cut[i] = enc, was_cut
         out = []
         for i, enc in enumerate(encodings):
-            if enc.overflowing and not truncate:
+            if not truncate and enc.overflowing:
                 total = len(enc.ids) + sum(len(o.ids) - self.num_special for o in enc.overflowing)
                 raise InputError(
-                    f"Input {i} has {total} tokens, more than this model's maximum of "
-                    f"{self.max_length}. Shorten it, or set \"truncate\": true.",
+                    f"Input {start + i} has {'at least ' if cut[i] else ''}{total} tokens, more than this model's "
+                    f"maximum of {self.max_length}. Shorten it, or set \"truncate\": true.",
+                    code="context_length_exceeded",
+                )
+            if not truncate and cut[i]:
+                raise InputError(
+                    f"Input {start + i} has {len(texts[i])} characters; this model reads at most {self.char_limit} "
+                    f"characters per input ({self.max_length} tokens x {textcap.MAX_CHARS_PER_TOKEN}). Shorten "
+                    f"it, or set \"truncate\": true.",
                     code="context_length_exceeded",
                 )
             out.append(np.asarray(enc.ids, dtype=np.int32))
         return out
 
-    def check_ids(self, inputs: list[list[int]], truncate: bool = False) -> list[np.ndarray]:
+    def _encode_capped(self, texts: list[str], prompt: str, limit: int):
+        """-> (encodings of the texts cut to `limit` characters, which of them were cut)."""
+        cut_texts = [textcap.cut(text, limit) for text in texts]
+        encodings = self._tok.encode_batch([prompt + t for t in cut_texts], add_special_tokens=True)
+        return encodings, [c is not t for c, t in zip(cut_texts, texts)]
+
+    def check_ids(self, inputs: list[list[int]], truncate: bool = False, start: int = 0) -> list[np.ndarray]:
         """Token-id inputs are the model's own vocabulary, used exactly as given."""
         out = []
-        for i, ids in enumerate(inputs):
+        for i, ids in enumerate(inputs, start):
             array = np.asarray(ids, dtype=np.int64)
             if array.size == 0:
                 raise InputError(f"Input {i} is an empty list of token ids.")

@@ -32,7 +32,8 @@ from msgspec import Struct
 
 from tinyembed.jobs import format as fmt
 from tinyembed.jobs.store import Store, dump_json, load_json, new_id
-from tinyembed.server.protocol import ApiError, validation_error
+from tinyembed.server.limits import echo
+from tinyembed.server.protocol import ApiError, too_deep, validation_error
 from tinyembed.scheduler.runner import Overloaded, split_by_tokens
 
 log = logging.getLogger("tinyembed.batch")
@@ -67,9 +68,11 @@ def decode_create(body: bytes) -> CreateBatch:
         raise validation_error(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_request", f"We could not parse the JSON body of your request ({exc}).") from None
+    except RecursionError:
+        raise too_deep() from None
     if req.endpoint != fmt.ENDPOINT:
         raise ApiError(400, "invalid_request", f"This server runs batches for {fmt.ENDPOINT!r} only, not "
-                       f"{req.endpoint!r}.", "endpoint")
+                       f"{echo(req.endpoint)!r}.", "endpoint")
     if req.completion_window not in COMPLETION_WINDOWS:
         raise ApiError(400, "invalid_request", f"completion_window must be one of {list(COMPLETION_WINDOWS)}.",
                        "completion_window")

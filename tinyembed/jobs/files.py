@@ -132,7 +132,7 @@ def check_jsonl(data: bytes) -> None:
             try:
                 if isinstance(_any_json.decode(raw), dict):
                     return
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):  # a bad line fails alone, when the batch runs
                 continue
     raise ApiError(400, "invalid_file", "The file is not JSONL: no line is a JSON object. A batch file has one "
                    '{"custom_id", "method", "url", "body"} object per line.', "file")

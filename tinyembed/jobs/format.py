@@ -20,6 +20,7 @@ import numpy as np
 from msgspec import Raw, Struct
 
 from tinyembed.common.errors import InputError
+from tinyembed.server.limits import echo, shorten
 from tinyembed.server.protocol import (ApiError, EmbeddingRequest, check_no_prompt_for_ids, decode_request,
                                        encode_embeddings, error_body, parse_input)
 
@@ -50,7 +51,7 @@ def custom_id_of(raw: bytes) -> str | None:
     """The custom_id of a line, if it has a readable one (for error lines and duplicates)."""
     try:
         value = _loose_decoder.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     cid = value.get("custom_id") if isinstance(value, dict) else None
     return cid if isinstance(cid, str) else None
@@ -60,17 +61,19 @@ def parse_line(raw: bytes, line: int) -> InputLine:
     try:
         parsed = _line_decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        raise LineError("invalid_request", f"Line {line}: {exc}. Each line must be an object with "
+        raise LineError("invalid_request", f"Line {line}: {shorten(str(exc))}. Each line must be an object with "
                         f"custom_id, method, url and body.", custom_id=custom_id_of(raw)) from None
     except msgspec.DecodeError as exc:
-        raise LineError("invalid_json_line", f"Line {line} is not valid JSON ({exc}).") from None
+        raise LineError("invalid_json_line", f"Line {line} is not valid JSON ({shorten(str(exc))}).") from None
+    except RecursionError:  # msgspec's guard against deep nesting: this line fails alone
+        raise LineError("invalid_json_line", f"Line {line} is nested too deeply.") from None
     if not parsed.custom_id:
         raise LineError("invalid_request", f"Line {line}: custom_id is empty.", "custom_id")
     if parsed.method.upper() != "POST":
-        raise LineError("invalid_method", f"Line {line}: method must be POST, not {parsed.method!r}.", "method",
+        raise LineError("invalid_method", f"Line {line}: method must be POST, not {echo(parsed.method)!r}.", "method",
                         parsed.custom_id)
     if parsed.url not in ENDPOINTS:
-        raise LineError("invalid_url", f"Line {line}: url {parsed.url!r} is not this batch's endpoint "
+        raise LineError("invalid_url", f"Line {line}: url {echo(parsed.url)!r} is not this batch's endpoint "
                         f"{ENDPOINT!r}.", "url", parsed.custom_id)
     if bytes(parsed.body).lstrip()[:1] != b"{":
         raise LineError("invalid_request", f"Line {line}: body must be a JSON object (an /v1/embeddings request).",

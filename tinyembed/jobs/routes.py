@@ -20,9 +20,11 @@ from urllib.parse import parse_qs
 import msgspec
 
 from tinyembed.jobs import files as batch_files
+from tinyembed.jobs import openapi_ops
 from tinyembed.jobs import batches as batch_jobs
 from tinyembed.jobs.store import Store
 from tinyembed.server.http import Request, Response
+from tinyembed.server.limits import echo, query_int
 from tinyembed.server.protocol import ApiError
 
 log = logging.getLogger("tinyembed.batch")
@@ -54,6 +56,7 @@ class BatchApi:
                  clock=None, **job_options):
         self.app = app
         self.raw_body_routes = MULTIPART_ROUTES  # multipart uploads: the app skips its JSON check
+        self.operations = openapi_ops.OPERATIONS  # how /openapi.json describes these routes
         self.max_upload_bytes = max_upload_bytes
         self.retention_seconds = retention_seconds
         self.store = Store(data_dir, **({"clock": clock} if clock else {}))
@@ -125,76 +128,82 @@ class BatchApi:
         upload = batch_files.read_upload(parts, self.max_upload_bytes)
         await asyncio.to_thread(batch_files.check_jsonl, upload.data)
         expires_in = batch_files.expires_in(upload.expires_after, self.retention_seconds)
-        row = await self.store.call(self.store.add_file, [upload.data], upload.filename, upload.purpose, expires_in)
+        row = await self.store.call(self.store.add_file, [upload.data], upload.filename, upload.purpose, expires_in,
+                                    self.app.keys.owner(ctx.key))
         return _json(batch_files.file_object(row))
 
     async def list_files(self, request: Request, ctx) -> Response:
-        query = _query(request)
+        query = _query(request, ("limit", "after", "order", "purpose"))
         order = query.get("order", "desc")
         if order not in ("asc", "desc"):
             raise ApiError(400, "invalid_request", "order must be 'asc' or 'desc'.", "order")
         limit = _limit(query, default=10000, maximum=10000)
         rows, more = await self.store.call(self.store.list_files, query.get("purpose"), query.get("after"), limit,
-                                           order)
+                                           order, self._owners(ctx))
         return _json(_page([batch_files.file_object(r) for r in rows], more))
 
-    async def _file(self, file_id: str) -> dict:
-        row = await self.store.call(self.store.get_file, file_id)
-        if row is None:
-            raise ApiError(404, "not_found", f"No such File object: {file_id}", "id")
+    def _owners(self, ctx) -> tuple[str, ...] | None:
+        """Whose files and batches this request may see (jobs/ownership.py); None: everyone's."""
+        return self.app.keys.owners(ctx.key)
+
+    async def _file(self, file_id: str, ctx) -> dict:
+        row = await self.store.call(self.store.get_file, file_id, self._owners(ctx))
+        if row is None:  # another tenant's file is answered exactly like a missing one
+            raise ApiError(404, "not_found", f"No such File object: {echo(file_id)}", "id")
         return row
 
     async def get_file(self, request: Request, ctx, id: str) -> Response:
-        return _json(batch_files.file_object(await self._file(id)))
+        return _json(batch_files.file_object(await self._file(id, ctx)))
 
     async def file_content(self, request: Request, ctx, id: str) -> Response:
-        await self._file(id)
+        await self._file(id, ctx)
         try:
             data = await asyncio.to_thread(self.store.file_path(id).read_bytes)
         except FileNotFoundError:  # deleted meanwhile
-            raise ApiError(404, "not_found", f"No such File object: {id}", "id") from None
+            raise ApiError(404, "not_found", f"No such File object: {echo(id)}", "id") from None
         return Response(200, data, content_type="application/octet-stream")
 
     async def delete_file(self, request: Request, ctx, id: str) -> Response:
-        await self._file(id)
+        await self._file(id, ctx)
         user = await self.store.call(self.store.file_in_use, id)
         if user is not None:
             raise ApiError(400, "invalid_request", f"File {id} is the input of batch {user}, which is not finished; "
                            "cancel the batch or wait for it first.", "id")
         if not await self.store.call(self.store.delete_file, id):
-            raise ApiError(404, "not_found", f"No such File object: {id}", "id")
+            raise ApiError(404, "not_found", f"No such File object: {echo(id)}", "id")
         return _json({"id": id, "object": "file", "deleted": True})
 
     # -- batches ---------------------------------------------------------------------------------------
     async def create_batch(self, request: Request, ctx) -> Response:
         req = batch_jobs.decode_create(request.body)
-        source = await self.store.call(self.store.get_file, req.input_file_id)
+        source = await self.store.call(self.store.get_file, req.input_file_id, self._owners(ctx))
         if source is None:
-            raise ApiError(404, "not_found", f"No such File object: {req.input_file_id}", "input_file_id")
+            raise ApiError(404, "not_found", f"No such File object: {echo(req.input_file_id)}", "input_file_id")
         if source["purpose"] != "batch":
             raise ApiError(400, "invalid_request", f"File {req.input_file_id} has purpose {source['purpose']!r}; a "
                            "batch reads a file uploaded with purpose 'batch'.", "input_file_id")
-        row = batch_jobs.new_batch_row(req, ctx.key, self.store.now())
+        row = batch_jobs.new_batch_row(req, self.app.keys.owner(ctx.key), self.store.now())
         row = await self.store.call(self.store.add_batch, row)
         self.jobs.wake()
         return _json(batch_jobs.batch_object(row))
 
-    async def _batch(self, batch_id: str) -> dict:
-        row = await self.store.call(self.store.get_batch, batch_id)
+    async def _batch(self, batch_id: str, ctx) -> dict:
+        row = await self.store.call(self.store.get_batch, batch_id, self._owners(ctx))
         if row is None:
-            raise ApiError(404, "not_found", f"No such Batch object: {batch_id}", "id")
+            raise ApiError(404, "not_found", f"No such Batch object: {echo(batch_id)}", "id")
         return row
 
     async def get_batch(self, request: Request, ctx, id: str) -> Response:
-        return _json(batch_jobs.batch_object(await self._batch(id)))
+        return _json(batch_jobs.batch_object(await self._batch(id, ctx)))
 
     async def list_batches(self, request: Request, ctx) -> Response:
-        query = _query(request)
-        rows, more = await self.store.call(self.store.list_batches, query.get("after"), _limit(query, 20, 100))
+        query = _query(request, ("limit", "after"))
+        rows, more = await self.store.call(self.store.list_batches, query.get("after"), _limit(query, 20, 100),
+                                           self._owners(ctx))
         return _json(_page([batch_jobs.batch_object(r) for r in rows], more))
 
     async def cancel_batch(self, request: Request, ctx, id: str) -> Response:
-        row = await self._batch(id)
+        row = await self._batch(id, ctx)
         if row["status"] in ("validating", "in_progress"):
             row = await self.store.call(self.store.request_cancel, id)
             self.jobs.cancel(id)
@@ -213,14 +222,17 @@ def _page(data: list[dict], has_more: bool) -> dict:
             "last_id": data[-1]["id"] if data else None, "has_more": has_more}
 
 
-def _query(request: Request) -> dict[str, str]:
-    return {k: v[-1] for k, v in parse_qs(request.query).items()}
+def _query(request: Request, known: tuple[str, ...]) -> dict[str, str]:
+    """The query parameters, each once; an unknown one is a 400 like an unknown body field."""
+    query = {k: v[-1] for k, v in parse_qs(request.query, keep_blank_values=True).items()}
+    for name in query:
+        if name not in known:
+            raise ApiError(400, "unknown_parameter", f"Unrecognized query parameter: {echo(name)}", echo(name))
+    return query
 
 
 def _limit(query: dict, default: int, maximum: int) -> int:
-    text = query.get("limit")
-    if text is None:
-        return default
-    if not text.isdigit() or not 1 <= int(text) <= maximum:
+    value = query_int(query.get("limit"), default, 1, maximum)
+    if value is None:
         raise ApiError(400, "invalid_request", f"limit must be an integer between 1 and {maximum}.", "limit")
-    return int(text)
+    return value

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from tinyembed.common.errors import TinyEmbedError
+from tinyembed.jobs.ownership import batch_owner, migrate, owned_by
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")  # the job runner owns these
 TERMINAL = ("failed", "completed", "expired", "cancelled")
@@ -44,7 +45,8 @@ CREATE TABLE IF NOT EXISTS files (
     filename TEXT NOT NULL,
     bytes INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
-    expires_at INTEGER
+    expires_at INTEGER,
+    owner TEXT            -- project:NAME or a key fingerprint; NULL: made without API keys
 );
 CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -130,6 +132,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a commit the client was told about stays
         self.db.executescript(SCHEMA)
+        migrate(self.db)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="tinyembed-store")
 
     async def call(self, fn, *args, **kwargs):
@@ -151,40 +154,48 @@ class Store:
     def file_path(self, file_id: str) -> Path:
         return self.files_dir / file_id
 
-    def add_file(self, parts: Iterable[bytes], filename: str, purpose: str, expires_in: int | None) -> dict:
+    def add_file(self, parts: Iterable[bytes], filename: str, purpose: str, expires_in: int | None,
+                 owner: str | None = None) -> dict:
         """Write the bytes durably, then commit the row: the file exists once this returns.
         `expires_in`: seconds until retention deletes it (None: kept until deleted)."""
-        row = self._write_file(parts, filename, purpose, expires_in)
+        row = self._write_file(parts, filename, purpose, expires_in, owner)
         with self._tx():
             self._insert("files", row)
         return row
 
-    def _write_file(self, parts: Iterable[bytes], filename: str, purpose: str, expires_in: int | None) -> dict:
+    def _write_file(self, parts: Iterable[bytes], filename: str, purpose: str, expires_in: int | None,
+                    owner: str | None = None) -> dict:
         file_id = new_id("file-")
         size = write_atomically(self.file_path(file_id), parts)
         now = self.now()
         return dict(id=file_id, purpose=purpose, filename=filename, bytes=size, created_at=now,
-                    expires_at=None if expires_in is None else now + expires_in)
+                    expires_at=None if expires_in is None else now + expires_in, owner=owner)
 
     def _insert(self, table: str, row: dict) -> None:
         names = ", ".join(row)
         self.db.execute(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
 
-    def get_file(self, file_id: str) -> dict | None:
-        row = self.db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
+    def get_file(self, file_id: str, owners: tuple[str, ...] | None = None) -> dict | None:
+        """`owners`: only a file one of them owns (None: any file; ownership.py says who)."""
+        clause, args = owned_by(owners)
+        row = self.db.execute(f"SELECT * FROM files WHERE id = ? AND {clause}", (file_id, *args)).fetchone()
         return dict(row) if row else None
 
-    def list_files(self, purpose: str | None, after: str | None, limit: int, order: str) -> tuple[list[dict], bool]:
-        return self._page("files", after, limit, order, ("purpose = ?", purpose) if purpose else None)
+    def list_files(self, purpose: str | None, after: str | None, limit: int, order: str,
+                   owners: tuple[str, ...] | None = None) -> tuple[list[dict], bool]:
+        return self._page("files", after, limit, order, ("purpose = ?", purpose) if purpose else None, owners)
 
-    def _page(self, table: str, after: str | None, limit: int, order: str, where=None) -> tuple[list[dict], bool]:
+    def _page(self, table: str, after: str | None, limit: int, order: str, where=None,
+              owners: tuple[str, ...] | None = None) -> tuple[list[dict], bool]:
         """Cursor paging by `after` (an id), newest first (`desc`) or oldest first (`asc`)."""
-        clauses, args = [], []
+        clause, owner_args = owned_by(owners)
+        clauses, args = [clause], list(owner_args)
         if where:
             clauses.append(where[0])
             args.append(where[1])
         if after:
-            cursor = self.db.execute(f"SELECT seq FROM {table} WHERE id = ?", (after,)).fetchone()
+            cursor = self.db.execute(f"SELECT seq FROM {table} WHERE id = ? AND {clause}",
+                                     (after, *owner_args)).fetchone()
             if cursor is None:
                 return [], False
             clauses.append("seq < ?" if order == "desc" else "seq > ?")
@@ -230,12 +241,14 @@ class Store:
             self._insert("batches", row)
         return self.get_batch(row["id"])
 
-    def get_batch(self, batch_id: str) -> dict | None:
-        row = self.db.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
+    def get_batch(self, batch_id: str, owners: tuple[str, ...] | None = None) -> dict | None:
+        clause, args = owned_by(owners)
+        row = self.db.execute(f"SELECT * FROM batches WHERE id = ? AND {clause}", (batch_id, *args)).fetchone()
         return dict(row) if row else None
 
-    def list_batches(self, after: str | None, limit: int) -> tuple[list[dict], bool]:
-        return self._page("batches", after, limit, "desc")
+    def list_batches(self, after: str | None, limit: int, owners: tuple[str, ...] | None = None
+                     ) -> tuple[list[dict], bool]:
+        return self._page("batches", after, limit, "desc", owners=owners)
 
     def next_active(self) -> dict | None:
         """The oldest batch the job runner still has work on (FIFO across batches)."""
@@ -302,13 +315,15 @@ class Store:
         make them visible and the batch terminal in one transaction; the chunk rows go with it.
         A crash before the commit leaves only orphan bytes: finalize runs again after a restart."""
         files = []
+        owner = batch_owner(self.get_batch(batch_id))  # the results belong to whoever owns the batch
         if self._has_results(batch_id, "output"):
             files.append(("output_file_id", self._write_file(self.chunk_results(batch_id, "output"),
-                                                             f"{batch_id}_output.jsonl", "batch_output", expires_in)))
+                                                             f"{batch_id}_output.jsonl", "batch_output", expires_in,
+                                                             owner)))
         if extra_errors or self._has_results(batch_id, "errors"):
             parts = [*self.chunk_results(batch_id, "errors"), extra_errors]
             files.append(("error_file_id", self._write_file(parts, f"{batch_id}_error.jsonl", "batch_output",
-                                                            expires_in)))
+                                                            expires_in, owner)))
         with self._tx():
             for field, row in files:
                 self._insert("files", row)

@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from tinyembed.server import openapi
+from tinyembed.server import limits as limits_
 from tinyembed.server.auth import ApiKeys
+from tinyembed.server.limits import echo
+from tinyembed.server.memory import MemoryReturner
 from tinyembed.server.config import ModelSource, ServerConfig
 from tinyembed.engine import Engine, load_engine
 from tinyembed.common.errors import InputError, TinyEmbedError
@@ -83,6 +86,7 @@ class App:
         self.ready = False
         self.server: Server | None = None
         self.pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tinyembed-tokenize")
+        self.memory = MemoryReturner()  # malloc_trim after large requests
         self.routes = {
             "/v1/embeddings": {"POST": self.embeddings},
             "/embeddings": {"POST": self.embeddings},
@@ -100,7 +104,8 @@ class App:
         # match(path), raw_body_routes, start() and async stop().
         self.groups = [group for group in (mount(self) for mount in mounts) if group is not None]
         self.raw_body_routes = frozenset().union(*(group.raw_body_routes for group in self.groups))
-        self._openapi = openapi.document(list(self.routes))
+        openapi.document(list(self.routes), extra=openapi.operations_of(self.groups))  # every route described
+        self._openapi: tuple[bool, bytes] | None = None  # (built when ready?, document)
         self._init_metrics()
 
     def _init_metrics(self) -> None:
@@ -161,6 +166,7 @@ class App:
             response = error_response(500, "internal_error", f"Internal server error (request id {request.id}).")
         finally:
             self.m_in_flight.inc(by=-1)
+        self.memory.after(len(request.body) + len(response.body), ctx.tokens)
         elapsed = time.monotonic() - request.arrived
         self.m_requests.inc(ctx.route, str(response.status))
         self.m_latency.observe(elapsed, ctx.route)
@@ -210,7 +216,7 @@ class App:
             return next(iter(self.models.values()))
         served = self.models.get(name)
         if served is None:
-            raise ApiError(404, "model_not_found", f"The model '{name}' does not exist. Served models: "
+            raise ApiError(404, "model_not_found", f"The model '{echo(name)}' does not exist. Served models: "
                            f"{', '.join(self.models)}.", "model")
         return served
 
@@ -235,16 +241,14 @@ class App:
         truncate = self.config.auto_truncate if req.truncate is None else req.truncate
         sequences = await self._tokenize(ctx, engine, texts, id_arrays, truncate, req.input_type, req.prompt_name)
         tokens = ctx.tokens = sum(len(s) for s in sequences)
-        if tokens > limits.max_tokens_per_request:
-            raise ApiError(400, "invalid_input", f"This request has {tokens} tokens; the maximum is "
-                           f"{limits.max_tokens_per_request} per request. Split it into smaller requests.", "input")
-        if self.limiter is not None:
-            self.limiter.check_tokens(ctx.key, tokens)
+        self._check_tokens(ctx, tokens)
         self.m_tokens.observe(tokens)
         tier = "default" if req.service_tier in (None, "auto") else req.service_tier
         started = time.monotonic()
-        vectors = await self.runner.embed(engine, sequences, tier=tier, key=ctx.key,
-                                          deadline=request.arrived + limits.request_timeout)
+        # The deadline grows with the request's own compute time: an admitted request can finish.
+        deadline = limits_.deadline(request.arrived, limits.request_timeout, tokens,
+                                    limits_.drain_rate(self.runner, engine))
+        vectors = await self.runner.embed(engine, sequences, tier=tier, key=ctx.key, deadline=deadline)
         ctx.embed_s = time.monotonic() - started
         vectors = engine.with_dimensions(vectors, req.dimensions)
         args = (vectors, req.encoding_format == "base64", req.model, tokens, tier)
@@ -254,14 +258,28 @@ class App:
             body = encode_embeddings(*args)
         return Response(200, body)
 
-    async def _tokenize(self, ctx, engine: Engine, texts, id_arrays, truncate: bool, input_type, prompt_name=None):
+    def _check_tokens(self, ctx, tokens: int) -> None:
+        limit = self.config.requests.max_tokens_per_request
+        if tokens > limit:
+            raise ApiError(400, "invalid_input", f"This request has {tokens} tokens; the maximum is "
+                           f"{limit} per request. Split it into smaller requests.", "input")
+        if self.limiter is not None:
+            self.limiter.check_tokens(ctx.key, tokens)
+
+    async def _tokenize(self, ctx, engine: Engine, texts, id_arrays, truncate: bool, input_type,
+                        prompt_name=None):
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        if texts is not None:
-            sequences = await loop.run_in_executor(self.pool, engine.tokenizer.encode, texts, truncate, input_type,
-                                                   prompt_name)
-        else:
-            sequences = await loop.run_in_executor(self.pool, engine.tokenizer.check_ids, id_arrays, truncate)
+        sequences = []
+        # In slices: a 2048-input request takes turns on the pool with everyone else's requests
+        # instead of holding a tokenizer thread for all of its inputs at once.
+        for start, piece in limits_.slices(texts if texts is not None else id_arrays):
+            if texts is not None:
+                sequences += await loop.run_in_executor(self.pool, engine.tokenizer.encode, piece, truncate,
+                                                        input_type, prompt_name, start)
+            else:
+                sequences += await loop.run_in_executor(self.pool, engine.tokenizer.check_ids, piece, truncate,
+                                                        start)
         ctx.tokenize_s = time.monotonic() - started
         self.m_tokenize.observe(ctx.tokenize_s)
         return sequences
@@ -279,6 +297,7 @@ class App:
         truncate = self.config.auto_truncate if req.truncate is None else req.truncate
         sequences = await self._tokenize(ctx, served.engine, texts, None, truncate, req.input_type, req.prompt_name)
         tokens = ctx.tokens = sum(len(s) for s in sequences)
+        self._check_tokens(ctx, tokens)  # the same caps as /v1/embeddings
         tokenizer = served.engine.tokenizer
         data = [Tokens(index=i, ids=seq.tolist(), tokens=tokenizer.tokens(seq)) for i, seq in enumerate(sequences)]
         return Response(200, encode(TokenizeResponse(data=data, model=served.id, usage=Usage(tokens, tokens))))
@@ -304,7 +323,10 @@ class App:
         return Response(200, text.encode(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def openapi(self, request: Request, ctx: Context) -> Response:
-        return Response(200, self._openapi)
+        if self._openapi is None or self._openapi[0] != self.ready:  # the served models shape it
+            self._openapi = (self.ready, openapi.document(list(self.routes), openapi.served_from(self),
+                                                          openapi.operations_of(self.groups)))
+        return Response(200, self._openapi[1])
 
     # -- logging -------------------------------------------------------------------------------------
     def _log_access(self, request: Request, response: Response, ctx: Context, elapsed: float) -> None:

@@ -2,6 +2,11 @@
 
 No keys configured means the server is open (its default bind is 127.0.0.1). A key is never
 logged: the checker hands back a short fingerprint to use as the rate-limit and log identity.
+
+A key may name a project: `KEY:PROJECT` (flag, file line or TINYEMBED_API_KEYS entry; the last
+':' separates them, so a key that itself contains ':' is written `KEY:` or `KEY:PROJECT`). Files
+and batches belong to their creator's project, or to the key itself when it has none (its
+fingerprint): every key of a project sees the project's objects, no other key sees them.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 from pathlib import Path
 
 ENV_KEYS = "TINYEMBED_API_KEYS"
@@ -29,12 +35,40 @@ def fingerprint(key: str) -> str:
     return "key-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+PROJECT_NAME = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
+
+
+def split_key(spec: str) -> tuple[str, str | None]:
+    """'KEY:PROJECT' -> (KEY, PROJECT); 'KEY' or 'KEY:' -> (KEY, None)."""
+    key, sep, project = spec.rpartition(":")
+    if not sep or not key or not PROJECT_NAME.match(project):
+        return spec, None
+    return key, project or None
+
+
 class ApiKeys:
     def __init__(self, keys: tuple[str, ...] | list[str]):
+        pairs = dict(split_key(spec) for spec in keys)  # a key given twice: its last project wins
         # Compare digests, not the keys: equal lengths, and every key is compared every time,
         # so neither the length nor the position of a match leaks through timing.
-        self._digests = [hashlib.sha256(k.encode()).digest() for k in dict.fromkeys(keys)]
-        self._names = [fingerprint(k) for k in dict.fromkeys(keys)]
+        self._digests = [hashlib.sha256(k.encode()).digest() for k in pairs]
+        self._names = [fingerprint(k) for k in pairs]
+        self._owners = {fingerprint(k): (f"project:{p}" if p else fingerprint(k)) for k, p in pairs.items()}
+
+    def owner(self, name: str | None) -> str | None:
+        """Who owns what this key creates: its project, else the key's fingerprint; None when
+        no keys are configured (objects are then everyone's, as without keys they always were)."""
+        if not self.enabled or name is None:
+            return None
+        return self._owners.get(name)
+
+    def owners(self, name: str | None) -> tuple[str, ...] | None:
+        """The owners whose objects this key may see (None: no filter, keys are off). A key that
+        joined a project later still sees what it created on its own before."""
+        owner = self.owner(name)
+        if owner is None:
+            return None if not self.enabled else ()
+        return tuple(dict.fromkeys((owner, name)))
 
     @property
     def enabled(self) -> bool:

@@ -34,6 +34,8 @@ class HttpLimits:
     body_timeout: float = 30.0  # end of headers -> end of body
     idle_timeout: float = 15.0  # a keep-alive connection with nothing to do is closed
     linger_timeout: float = 2.0  # after an error reply, unread input is discarded this long
+    write_timeout: float = 30.0  # a reply stuck in a full send buffer this long: the connection is cut
+    send_buffer_bytes: int = 256 * 1024  # replies beyond this wait in the kernel, not in our memory
 
 
 @dataclass(frozen=True)

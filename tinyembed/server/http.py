@@ -4,7 +4,9 @@ One `Connection` per socket. Requests are parsed as bytes arrive and queued; one
 connection answers them in order (pipelining), so a response never overtakes an earlier one.
 What a client may cost is bounded: header and body size (413 from Content-Length, before the
 body is read), header/body/idle timeouts (a slow or silent client is cut off), a connection cap,
-and how many pipelined requests are read ahead. A client that disconnects cancels the task
+how many pipelined requests are read ahead, and how long a reply may sit unread: once more than
+`send_buffer_bytes` wait to be sent, reading from that client pauses, and if the client has not
+taken all of it within `write_timeout` the connection is cut (its buffered reply freed). A client that disconnects cancels the task
 answering it, so its queued work is dropped.
 
 The handler (app.py) turns a `Request` into a `Response` and never raises.
@@ -17,6 +19,8 @@ import itertools
 import logging
 import os
 import re
+import socket
+import struct
 import time
 from collections import deque
 from typing import Awaitable, Callable
@@ -129,6 +133,7 @@ class Connection(asyncio.Protocol):
         self.write_paused = False
         self._drained: asyncio.Future | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None  # runs while a reply waits on the client
         self._rejected: Response | None = None
         self._reset_request()
 
@@ -137,12 +142,15 @@ class Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._header_bytes = 0
         self._body: list[bytes] = []
+        self._body_buffer: bytearray | None = None  # sized from Content-Length: one copy of a big body
         self._body_size = 0
         self._arrived = 0.0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        # low=0: resume_writing means the reply is wholly sent, which ends its write deadline
+        transport.set_write_buffer_limits(high=self.limits.send_buffer_bytes, low=0)
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) else "local"
         over_cap = len(self.server.connections) >= self.limits.max_connections
@@ -158,6 +166,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.closing = True
         self._cancel_timer()
+        self._cancel_write_timer()
         self.queue.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()  # the client is gone: drop its queued work
@@ -172,11 +181,39 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.transport.pause_reading()  # no new requests from a client that does not read replies
+        if self._write_timer is None:
+            self._write_timer = asyncio.get_running_loop().call_later(self.limits.write_timeout, self._write_timeout)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._cancel_write_timer()
+        if not self.reading_paused and not self.closing:
+            self.transport.resume_reading()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+
+    def _write_timeout(self) -> None:
+        self._write_timer = None
+        log.info("closing a connection from %s: its reply was not read within %.0fs", self.client,
+                 self.limits.write_timeout)
+        self.reset()
+
+    def reset(self) -> None:
+        """Abort with a TCP reset: a plain close would leave the kernel sending the unread reply
+        (up to its send buffer, megabytes) to a client that never takes it."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        try:
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self.abort()
+
+    def _cancel_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
     def data_received(self, data: bytes) -> None:
         if self.discarding or self.closing:
@@ -224,6 +261,9 @@ class Connection(asyncio.Protocol):
         length = self._headers.get("content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.limits.max_body_bytes:
             raise self._reject(_too_large(self.limits.max_body_bytes))
+        if length is not None and length.strip().isascii() and length.strip().isdigit() and \
+                int(length) >= BODY_BUFFER_MIN:
+            self._body_buffer = bytearray(int(length))  # filled in place: no list of chunks joined later
         self._set_timer(self.limits.body_timeout, self._read_timeout)
         if self._headers.get("expect", "").lower() == "100-continue" and not self.queue and self._idle_task():
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -232,7 +272,11 @@ class Connection(asyncio.Protocol):
         self._body_size += len(chunk)
         if self._body_size > self.limits.max_body_bytes:  # chunked bodies have no Content-Length
             raise self._reject(_too_large(self.limits.max_body_bytes))
-        self._body.append(chunk)
+        buffer = self._body_buffer
+        if buffer is not None and self._body_size <= len(buffer):
+            buffer[self._body_size - len(chunk):self._body_size] = chunk
+        else:
+            self._body.append(chunk)
 
     def on_message_complete(self) -> None:
         self.parsing = False
@@ -243,7 +287,7 @@ class Connection(asyncio.Protocol):
             path=url.path.decode("latin-1"),
             query=(url.query or b"").decode("latin-1"),
             headers=self._headers,
-            body=b"".join(self._body),
+            body=self._take_body(),
             keep_alive=self.parser.should_keep_alive(),
             arrived=self._arrived,
             client=self.client,
@@ -253,6 +297,15 @@ class Connection(asyncio.Protocol):
         if len(self.queue) >= self.limits.max_pipelined and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
+
+    def _take_body(self) -> bytes | bytearray:
+        buffer = self._body_buffer
+        if buffer is None:
+            return b"".join(self._body)
+        if not self._body and self._body_size == len(buffer):
+            return buffer  # a bytearray: every reader of Request.body takes bytes-like objects
+        filled = min(self._body_size, len(buffer))  # a body that disagreed with its Content-Length
+        return bytes(buffer[:filled]) + b"".join(self._body)
 
     # -- answering, in order -----------------------------------------------------------------
     def _idle_task(self) -> bool:
@@ -268,7 +321,8 @@ class Connection(asyncio.Protocol):
             item = self.queue.popleft()
             if self.reading_paused and len(self.queue) < self.limits.max_pipelined:
                 self.reading_paused = False
-                self.transport.resume_reading()
+                if not self.write_paused:
+                    self.transport.resume_reading()
             if isinstance(item, Response):  # a protocol error: the last thing this connection says
                 self._write(item, head=False, close=True)
                 self._linger()
@@ -283,15 +337,9 @@ class Connection(asyncio.Protocol):
             if close:
                 self._close()
                 return
-            if self.write_paused:  # the client reads slowly: wait, but not forever
-                loop = asyncio.get_running_loop()
-                self._drained = loop.create_future()
-                # its own timer: the read timers may be running for a pipelined request
-                give_up = loop.call_later(self.limits.body_timeout, self.abort)
-                try:
-                    await self._drained
-                finally:
-                    give_up.cancel()
+            if self.write_paused:  # the client reads slowly: wait (the write timer bounds it)
+                self._drained = asyncio.get_running_loop().create_future()
+                await self._drained
         if not self.parsing and not self.closing:
             if self.server.draining:
                 self._close()
@@ -347,7 +395,9 @@ class Connection(asyncio.Protocol):
     def _close(self) -> None:
         self._cancel_timer()
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+            self.transport.close()  # sends what is buffered first: bounded by the write timer
+            if self.transport.get_write_buffer_size() and self._write_timer is None:
+                self._write_timer = asyncio.get_running_loop().call_later(self.limits.write_timeout, self.reset)
 
     def _set_timer(self, delay: float, callback) -> None:
         self._cancel_timer()
@@ -357,6 +407,9 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+BODY_BUFFER_MIN = 64 * 1024  # smaller bodies arrive in one chunk or two: joining them is free
 
 
 def _too_large(limit: int) -> Response:

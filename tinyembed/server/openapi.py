@@ -1,104 +1,173 @@
-"""/openapi.json: an OpenAPI 3.1 document generated from the protocol Structs.
+"""/openapi.json: an OpenAPI 3.1 document generated from the protocol Structs and the running
+configuration, so that generated clients and schemathesis agree with the server exactly:
 
-Schemas come from msgspec (the same types that decode requests), so the document cannot drift
-from what the server accepts; only the per-route summaries are written by hand here.
+- auth: with API keys configured every route but the probes requires the bearer scheme (and
+  may answer 401); without keys no route does;
+- limits: the enforced ones appear as schema keywords (`input` maxItems = --max-inputs, strings
+  minLength 1, token ids within the smallest served vocabulary, `dimensions` up to the smallest
+  served width, `model` one of the served ids, `user` maxLength 256, query `limit` ranges);
+- statuses: every status a route can answer, including the HTTP layer's own (400 malformed,
+  408 slow client, 413 body too large, 431 headers too large, 503 connection cap) and 429 only
+  when rate limits are on.
+
+Schemas come from msgspec (the same types that decode requests); route groups mounted from
+above the server (the Files/Batches API) describe their own operations in the same format.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import msgspec
 
 from tinyembed import __version__
 from tinyembed.server.protocol import (INPUT_SHAPES, REQUEST_TYPES, RESPONSE_TYPES, EmbeddingRequest, EmbeddingResponse,
-                       ModelCard, ModelList, Status, TokenizeRequest, TokenizeResponse)
+                                       ModelCard, ModelList, Status, TokenizeRequest, TokenizeResponse)
 
 REF = "#/components/schemas/{name}"
+HTTP_LAYER = (400, 408, 413, 431, 503)  # any request can get these from server/http.py
+JSON = "application/json"
 
-# route -> method -> (summary, request type or None, response type or None (text), error statuses)
+
+@dataclass
+class Operation:
+    summary: str
+    request: object = None  # a Struct type, a JSON schema dict, or None
+    response: object = None  # a Struct type, a JSON schema dict, or None (see `content`)
+    errors: tuple[int, ...] = ()
+    content: str = JSON  # the 200 response's media type
+    request_content: str = JSON
+    query: list[dict] = field(default_factory=list)  # OpenAPI parameter objects
+    rate_limited: bool = False  # may answer 429 when rate limits are on
+
+
 OPERATIONS = {
-    "/v1/embeddings": {"post": ("Create embeddings (OpenAI-compatible)", EmbeddingRequest, EmbeddingResponse,
-                                (400, 401, 404, 408, 413, 415, 429, 503))},
-    "/embeddings": {"post": ("Alias of /v1/embeddings", EmbeddingRequest, EmbeddingResponse,
-                             (400, 401, 404, 408, 413, 415, 429, 503))},
-    "/v1/models": {"get": ("List served models and their aliases", None, ModelList, (401, 503))},
-    "/v1/models/{id}": {"get": ("One served model", None, ModelCard, (401, 404, 503))},
-    "/tokenize": {"post": ("Token ids and tokens of texts, special tokens included", TokenizeRequest,
-                           TokenizeResponse, (400, 401, 404, 413, 415, 429, 503))},
-    "/health": {"get": ("Liveness: the process answers", None, Status, ())},
-    "/ready": {"get": ("Readiness: 200 once every model is loaded, else 503 model_provisioning", None,
-                       Status, (503,))},
-    "/metrics": {"get": ("Prometheus metrics (text format 0.0.4)", None, None, ())},
-    "/openapi.json": {"get": ("This document", None, None, ())},
-    # The Files and Batches API (jobs/routes.py, on when --data-dir is set): OpenAI's shapes.
-    "/v1/files": {"get": ("List uploaded files", None, dict, (401,)),
-                  "post": ("Upload a JSONL batch file (multipart/form-data: file, purpose=batch)", None, dict,
-                           (400, 401, 413))},
-    "/v1/files/{id}": {"get": ("One file's metadata", None, dict, (401, 404)),
-                       "delete": ("Delete a file", None, dict, (401, 404))},
-    "/v1/files/{id}/content": {"get": ("A file's bytes (JSONL)", None, None, (401, 404))},
-    "/v1/batches": {"get": ("List batches, newest first (paged: after, limit)", None, dict, (401,)),
-                    "post": ("Create a batch: input_file_id, endpoint /v1/embeddings, completion_window 24h",
-                             dict, dict, (400, 401, 404))},
-    "/v1/batches/{id}": {"get": ("One batch: status and request_counts", None, dict, (401, 404))},
-    "/v1/batches/{id}/cancel": {"post": ("Cancel a batch", None, dict, (401, 404))},
+    "/v1/embeddings": {"post": Operation("Create embeddings (OpenAI-compatible)", EmbeddingRequest, EmbeddingResponse,
+                                         (404, 415), rate_limited=True)},
+    "/embeddings": {"post": Operation("Alias of /v1/embeddings", EmbeddingRequest, EmbeddingResponse, (404, 415),
+                                      rate_limited=True)},
+    "/v1/models": {"get": Operation("List served models and their aliases", None, ModelList)},
+    "/v1/models/{id}": {"get": Operation("One served model", None, ModelCard, (404,))},
+    "/tokenize": {"post": Operation("Token ids and tokens of texts, special tokens included", TokenizeRequest,
+                                    TokenizeResponse, (404, 415), rate_limited=True)},
+    "/health": {"get": Operation("Liveness: the process answers", None, Status)},
+    "/ready": {"get": Operation("Readiness: 200 once every model is loaded, else 503 model_provisioning", None,
+                                Status)},
+    "/metrics": {"get": Operation("Prometheus metrics (text format 0.0.4)", content="text/plain")},
+    "/openapi.json": {"get": Operation("This document", None, {"type": "object"})},
 }
 
 
-def _ref(kind: type) -> dict:
-    if kind is dict:  # an OpenAI object described by its documentation, not by a Struct here
-        return {"type": "object"}
+@dataclass
+class Served:
+    """What the document needs to know about the served models and limits."""
+
+    models: list[str] = field(default_factory=list)  # every id a client may send (aliases included)
+    min_vocab: int | None = None
+    min_dimensions: int | None = None
+    max_inputs: int = 2048
+    auth: bool = False
+    rate_limited: bool = False
+    open_routes: frozenset = frozenset()
+
+
+def _ref(kind, types: list) -> dict:
+    if isinstance(kind, dict):
+        return kind
+    if kind not in types:
+        types.append(kind)
     return {"$ref": REF.format(name=kind.__name__)}
 
 
-def _json(schema: dict) -> dict:
-    return {"content": {"application/json": {"schema": schema}}}
+def _operation(route: str, op: Operation, served: Served, types: list) -> dict:
+    ok = {"description": "OK"}
+    if op.response is not None:
+        ok["content"] = {op.content: {"schema": _ref(op.response, types)}}
+    else:
+        ok["content"] = {op.content: {}}
+    statuses = set(HTTP_LAYER) | set(op.errors)
+    secured = served.auth and route not in served.open_routes
+    if secured:
+        statuses.add(401)
+    if op.rate_limited and served.rate_limited:
+        statuses.add(429)
+    error = {"description": "Error", "content": {JSON: {"schema": {"$ref": REF.format(name="ErrorResponse")}}}}
+    out = {"summary": op.summary, "responses": {"200": ok, **{str(s): error for s in sorted(statuses)}},
+           "security": [{"bearer": []}] if secured else []}
+    if op.request is not None:
+        out["requestBody"] = {"required": True, "content": {op.request_content: {"schema": _ref(op.request, types)}}}
+    parameters = list(op.query)
+    if "{id}" in route:
+        parameters.insert(0, {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}})
+    if parameters:
+        out["parameters"] = parameters
+    return out
 
 
-def _operation(summary: str, request, response, errors) -> dict:
-    ok = {"description": "OK", **(_json(_ref(response)) if response else {"content": {"text/plain": {}}})}
-    op = {"summary": summary, "responses": {"200": ok}}
-    for status in errors:
-        op["responses"][str(status)] = {"description": "Error", **_json(_ref_error())}
-    if request is not None:
-        op["requestBody"] = {"required": True, **_json(_ref(request))}
-    return op
-
-
-def _ref_error() -> dict:
-    return {"$ref": REF.format(name="ErrorResponse")}
-
-
-def document(routes: list[str]) -> bytes:
-    missing = [r for r in routes if r not in OPERATIONS]
-    if missing:
-        raise RuntimeError(f"openapi: routes without a description: {missing}")
-    _, schemas = msgspec.json.schema_components(REQUEST_TYPES + RESPONSE_TYPES, ref_template=REF)
-    # `input` is decoded raw (see protocol.EmbeddingRequest); describe its four accepted shapes.
-    schemas["EmbeddingRequest"]["properties"]["input"] = {
-        "description": f"{INPUT_SHAPES}; at most 2048 items by default",
+def _input_schema(served: Served) -> dict:
+    ids = {"type": "integer", "minimum": 0}
+    if served.min_vocab:
+        ids["maximum"] = served.min_vocab - 1
+    many = {"minItems": 1, "maxItems": served.max_inputs}
+    return {
+        "description": f"{INPUT_SHAPES}; at most {served.max_inputs} items",
         "anyOf": [
             {"type": "string", "minLength": 1},
-            {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
-            {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}},
-            {"type": "array", "minItems": 1,
-             "items": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}},
+            {"type": "array", **many, "items": {"type": "string", "minLength": 1}},
+            {"type": "array", **many, "items": ids},
+            {"type": "array", **many, "items": {"type": "array", "minItems": 1, "items": ids}},
         ],
     }
-    paths = {}
-    for route in routes:
-        paths[route] = {method: _operation(*spec) for method, spec in OPERATIONS[route].items()}
-        if "{id}" in route:
-            for op in paths[route].values():
-                op["parameters"] = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+
+def document(routes: list[str], served: Served | None = None, extra: dict | None = None) -> bytes:
+    """`extra`: {route: {method: Operation}} from mounted route groups."""
+    served = served or Served()
+    operations = {**OPERATIONS, **(extra or {})}
+    missing = [r for r in routes if r not in operations]
+    if missing:
+        raise RuntimeError(f"openapi: routes without a description: {missing}")
+    types = list(REQUEST_TYPES + RESPONSE_TYPES)
+    paths = {route: {method: _operation(route, op, served, types) for method, op in operations[route].items()}
+             for route in routes}
+    _, schemas = msgspec.json.schema_components(tuple(types), ref_template=REF)
+    if served.models:
+        model = {"type": "string", "enum": list(served.models)}
+        schemas["EmbeddingRequest"]["properties"]["model"] = model
+        schemas["TokenizeRequest"]["properties"]["model"] = {"anyOf": [model, {"type": "null"}]}  # null: the first
+    schemas["EmbeddingRequest"]["properties"]["input"] = _input_schema(served)
+    schemas["TokenizeRequest"]["properties"]["input"] = {"anyOf": _input_schema(served)["anyOf"][:2]}
+    if served.min_dimensions:
+        schemas["EmbeddingRequest"]["properties"]["dimensions"] = {
+            "anyOf": [{"type": "integer", "minimum": 1, "maximum": served.min_dimensions}, {"type": "null"}]}
     doc = {
         "openapi": "3.1.0",
         "info": {"title": "tinyembed", "version": __version__,
                  "description": "OpenAI-compatible text-embedding server"},
         "paths": paths,
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-        "security": [{"bearer": []}, {}],
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
+    if served.auth:
+        doc["security"] = [{"bearer": []}]
     return msgspec.json.encode(doc)
+
+
+def served_from(app) -> Served:
+    """The document's view of a running App (models are known once loaded)."""
+    engines = [s.engine for s in app.models.values()]
+    return Served(
+        models=list(app.models),
+        min_vocab=min((e.tokenizer.vocab_size for e in engines), default=None),
+        min_dimensions=min((e.info.dimensions for e in engines), default=None),
+        max_inputs=app.config.requests.max_inputs,
+        auth=app.keys.enabled,
+        rate_limited=app.limiter is not None,
+        open_routes=frozenset(app.open_routes),
+    )
+
+
+def operations_of(groups) -> dict:
+    extra = {}
+    for group in groups:
+        extra.update(getattr(group, "operations", {}))
+    return extra

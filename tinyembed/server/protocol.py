@@ -16,6 +16,8 @@ import msgspec
 import numpy as np
 from msgspec import Meta, Raw, Struct
 
+from tinyembed.server.limits import MAX_ECHO_CHARS, echo, shorten
+
 # -- requests ------------------------------------------------------------------------------
 
 
@@ -142,7 +144,9 @@ encode = _encoder.encode
 
 
 def error_body(status: int, code: str, message: str, param: str | None = None) -> bytes:
-    return encode(ErrorResponse(ErrorDetail(message, error_type(status), param, code)))
+    # Bounded: a message or param never echoes megabytes of a client's input back.
+    return encode(ErrorResponse(ErrorDetail(shorten(message), error_type(status), shorten(param, MAX_ECHO_CHARS),
+                                            code)))
 
 
 def reason(status: int) -> str:
@@ -166,21 +170,29 @@ def decode_request(body: bytes, kind: type):
     except msgspec.ValidationError as exc:
         raise validation_error(str(exc)) from None
     except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_request", f"We could not parse the JSON body of your request ({exc}). "
+        raise ApiError(400, "invalid_request", f"We could not parse the JSON body of your request ({shorten(str(exc))}). "
                        "Send a JSON object with Content-Type: application/json.") from None
+    except RecursionError:  # msgspec's guard against deep nesting (~1000 levels)
+        raise too_deep() from None
+
+
+def too_deep() -> ApiError:
+    return ApiError(400, "invalid_request", "The JSON body is nested too deeply; no request needs more than a few "
+                    "levels.")
 
 
 def validation_error(text: str) -> ApiError:
     unknown = _UNKNOWN_FIELD.search(text)
     if unknown:
         name = unknown.group(1)
-        return ApiError(400, "unknown_parameter", f"Unrecognized request argument supplied: {name}", param=name)
+        return ApiError(400, "unknown_parameter", f"Unrecognized request argument supplied: {echo(name)}",
+                        param=echo(name))
     missing = _MISSING_FIELD.search(text)
     if missing:
         name = missing.group(1)
         return ApiError(400, "invalid_request", f"Missing required parameter: '{name}'.", param=name)
     at = _AT_FIELD.search(text)
-    return ApiError(400, "invalid_request", f"Invalid request: {text}", param=at.group(1) if at else None)
+    return ApiError(400, "invalid_request", f"Invalid request: {shorten(text)}", param=at.group(1) if at else None)
 
 
 # -- `input`: four accepted shapes -------------------------------------------------------------
@@ -194,7 +206,15 @@ INPUT_SHAPES = "a string, an array of strings, an array of token ids, or an arra
 
 def parse_input(raw: Raw) -> tuple[list[str] | None, list[np.ndarray] | None]:
     """-> (texts, None) or (None, token-id arrays). Empty inputs are `invalid_input`."""
-    data = bytes(raw)
+    try:
+        return _parse_input(memoryview(raw))  # a view: a 15 MB input is not copied once more
+    except msgspec.DecodeError as exc:  # e.g. invalid UTF-8 inside a string
+        raise ApiError(400, "invalid_request", f"'input' could not be decoded ({shorten(str(exc))}).", "input") from None
+    except RecursionError:
+        raise too_deep() from None
+
+
+def _parse_input(data: memoryview) -> tuple[list[str] | None, list[np.ndarray] | None]:
     if data[:1] == b'"':
         text = _as_text.decode(data)
         if not text:
@@ -237,6 +257,9 @@ def parse_texts(value: str | list[str]) -> list[str]:
     texts = [value] if isinstance(value, str) else value
     if not texts:
         raise ApiError(400, "invalid_input", "'input' is an empty list; send at least one input.", "input")
+    for i, text in enumerate(texts):  # as /v1/embeddings: an empty text has nothing to tokenize
+        if not text:
+            raise ApiError(400, "invalid_input", f"input[{i}] is an empty string.", "input")
     return texts
 
 

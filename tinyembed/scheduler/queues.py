@@ -28,9 +28,9 @@ from collections import deque
 
 import numpy as np
 
-TIERS = ("priority", "default", "flex")
-TIER_RANK = {"priority": 0, "default": 1, "auto": 1, "flex": 2}
-PRIORITY, DEFAULT, FLEX = 0, 1, 2
+TIERS = ("priority", "default", "over-limit", "flex")
+TIER_RANK = {"priority": 0, "default": 1, "auto": 1, "over-limit": 2, "flex": 3}
+PRIORITY, DEFAULT, OVER_LIMIT, FLEX = 0, 1, 2, 3
 
 
 class Request:
@@ -38,7 +38,8 @@ class Request:
 
     __slots__ = ("sequences", "lengths", "tokens", "tier", "key", "deadline", "admitted",
                  "pending", "queued_tokens", "queued_seqs", "unfinished", "waiting_since",
-                 "dropped", "started", "out", "future", "timer")
+                 "dropped", "started", "out", "future", "timer", "seen_batch", "batches_waited",
+                 "last_launch")
 
     def __init__(self, sequences: list[np.ndarray], tier: int, key: str | None,
                  deadline: float | None, admitted: float):
@@ -60,6 +61,9 @@ class Request:
         self.out: np.ndarray | None = None
         self.future = None  # asyncio.Future, set by the scheduler
         self.timer = None  # deadline TimerHandle
+        self.seen_batch = 0  # number of the last batch that started before it could join one
+        self.batches_waited = 0  # batches that computed before its last one: set when that launches
+        self.last_launch = admitted  # when its last batch was launched
 
 
 class Pick:
@@ -106,8 +110,8 @@ class TierQueues:
             raise ValueError("max_batch_sequences must be >= 1 (or None for no limit)")
         self.max_tokens = max_batch_tokens
         self.max_seqs = max_batch_sequences
-        self.priority_tokens = min(max_batch_tokens, priority_batch_tokens or max(1, max_batch_tokens // 4))
-        self.chunk_tokens = chunk_tokens or max(1, max_batch_tokens // 8)
+        self._priority_setting, self._chunk_setting = priority_batch_tokens, chunk_tokens
+        self.set_budget(max_batch_tokens)
         self.aging_batches = max(1, aging_batches)
         self.priority_hold_batches = max(0, priority_hold_batches)
         self.priority_seen = -1 - self.priority_hold_batches  # batches_launched at the last priority arrival
@@ -117,6 +121,13 @@ class TierQueues:
         self.queued_tokens = [0] * len(TIERS)  # admitted, not launched (staged batch included)
         self.queued_seqs = [0] * len(TIERS)
         self.batches_launched = 0  # the aging clock
+
+    def set_budget(self, tokens: int) -> None:
+        """Tokens the next batches may hold (scheduler/budget.py: set by time), never above
+        max_batch_tokens. Round-robin chunks and the priority cap follow it unless configured."""
+        self.budget = max(1, min(tokens, self.max_tokens))
+        self.priority_tokens = min(self.budget, self._priority_setting or max(1, self.budget // 4))
+        self.chunk_tokens = self._chunk_setting or max(1, self.budget // 8)
 
     # -- admission and removal -----------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -171,8 +182,8 @@ class TierQueues:
         expired: list[Request] = []
         has_priority = bool(self.carry[PRIORITY]) or any(r.pending for r in self.queues[PRIORITY])
         recent = self.batches_launched - self.priority_seen <= self.priority_hold_batches
-        lower = self.priority_tokens if has_priority or recent else self.max_tokens
-        batch = FormedBatch(self.max_tokens, lower)
+        lower = self.priority_tokens if has_priority or recent else self.budget
+        batch = FormedBatch(self.budget, lower)
         if self.aged_share > 0:
             self._take_aged(batch, int(lower * self.aged_share), now, expired)
         for tier in range(len(TIERS)):
@@ -183,7 +194,54 @@ class TierQueues:
     def top_up(self, batch: FormedBatch, req: Request) -> bool:
         """Add a newcomer to a formed, not yet launched batch that has room for it: cheaper than
         forming the batch again. The caller checks that the newcomer's tier may join it."""
-        return bool(self._take(batch, req, self.max_tokens))  # (a fully taken req leaves its deque lazily)
+        return bool(self._take(batch, req, self.budget))  # (a fully taken req leaves its deque lazily)
+
+    def make_room(self, batch: FormedBatch, req: Request) -> bool:
+        """Fair sharing: a newcomer that does not fit a formed, not yet launched batch takes
+        the place of the tail of the largest share of one other request of its tier or a worse
+        one, so that it waits behind at most the batch computing. The evicted sequences go to
+        their tier's carry (first in the next batch). -> True if the newcomer's first chunk now fits."""
+        need, count = 0, 0
+        for i in req.pending:  # its first chunk, as _take would cut it
+            if count and need + req.lengths[i] > self.chunk_tokens:
+                break
+            need, count = need + req.lengths[i], count + 1
+        shares: dict[Request, int] = {}
+        for p in batch.picks:
+            if p.request.tier >= req.tier and p.request is not req:
+                shares[p.request] = shares.get(p.request, 0) + p.tokens
+        if not shares:
+            return False
+        victim = max(shares, key=shares.__getitem__)
+        limit = batch.limit if req.tier == PRIORITY else batch.lower_limit
+        excess_tokens = batch.tokens + need - limit
+        excess_seqs = batch.num_seqs + count - self.max_seqs if self.max_seqs is not None else 0
+        if shares[victim] <= need or excess_tokens >= shares[victim]:
+            return False  # evicting would take all of a request's share, or not be enough
+        evicted: list[Pick] = []
+        for k in range(len(batch.picks) - 1, -1, -1):
+            if excess_tokens <= 0 and excess_seqs <= 0:
+                break
+            pick = batch.picks[k]
+            if pick.request is not victim:
+                continue
+            keep = len(pick.indices)
+            while keep > 0 and (excess_tokens > 0 or excess_seqs > 0):
+                keep -= 1
+                excess_tokens -= victim.lengths[pick.indices[keep]]
+                excess_seqs -= 1
+            gone = pick.indices[keep:]
+            gone_tokens = sum(victim.lengths[i] for i in gone)
+            evicted.append(Pick(victim, gone, gone_tokens))
+            batch.tokens -= gone_tokens
+            batch.num_seqs -= len(gone)
+            if keep:
+                batch.picks[k] = Pick(victim, pick.indices[:keep], pick.tokens - gone_tokens)
+            else:
+                del batch.picks[k]
+        self.carry[victim.tier].extendleft(evicted)  # collected back to front: extendleft restores order
+        batch.worst_tier = max((p.request.tier for p in batch.picks), default=PRIORITY)
+        return self.top_up(batch, req)
 
     def _enqueue(self, req: Request) -> None:
         req.waiting_since = self.batches_launched
@@ -272,12 +330,12 @@ class TierQueues:
         """Serve requests passed over for aging_batches batches, oldest first, up to budget."""
         threshold = self.batches_launched - self.aging_batches
         aged_tokens = 0
-        default, flex = self.queues[DEFAULT], self.queues[FLEX]
+        lower_tiers = self.queues[DEFAULT:]  # best first: default wins ties
         while aged_tokens < budget:
-            for queue in (default, flex):  # drop dead entries at the fronts
+            for queue in lower_tiers:  # drop dead entries at the fronts
                 while queue and (queue[0].dropped or not queue[0].pending):
                     queue.popleft()
-            candidates = [q for q in (default, flex) if q and q[0].waiting_since <= threshold]
+            candidates = [q for q in lower_tiers if q and q[0].waiting_since <= threshold]
             if not candidates:
                 return
             queue = min(candidates, key=lambda q: q[0].waiting_since)  # default wins ties

@@ -2,26 +2,39 @@
 
 A request waits for the batch computing when it arrives and then for its own batch, so the
 time one batch takes bounds the latency of every short request. The scheduler therefore
-learns the device's throughput as a function of batch size and sizes batches by time:
+learns how batch time grows with batch size on this device and sizes batches by time.
 
-    rate(b)      tokens/s of batches in size bucket b (EWMA per bucket; buckets step by sqrt 2)
-    fits         the largest bucket whose predicted time b / rate(b) <= max_batch_latency
-                 (an unmeasured bucket is predicted with the rate of the nearest measured one
-                 below it: throughput grows with batch size, so this errs on the short side)
-    near_peak    the smallest measured bucket reaching `near_peak` (95%) of the best rate seen
-    budget       min(fits, near_peak), within [min_tokens, max_batch_tokens]
+What is learned: batch compute time as a line in batch size,
 
-`near_peak` only applies once a larger bucket has been measured and found no better: while
-the best rate is at the largest measured bucket, throughput may still grow, so the budget
-goes up to `fits` (that is how larger buckets get measured). On a 2-core CPU throughput is
-flat beyond a few hundred tokens and `fits` decides (~50-100 ms -> a few hundred tokens); on a
-GPU the rate keeps growing to thousands of tokens and `near_peak` stops the budget where the
-curve flattens. `max_batch_tokens` stays the hard cap either way.
+    time(n) = overhead + n / peak_rate
 
-Before any measurement the budget is `initial_tokens` (conservative: 256, or the cap if
-smaller). Batches that hold fewer tokens than a bucket's lower edge are attributed to their
-own (smaller) bucket, so light load teaches the small end of the curve and heavy load the
-large end.
+fitted by least squares over recent batches, each weighted by 0.97^age (an EWMA of the sums
+the fit needs, so about the last 30 batches count). That is the throughput curve
+rate(n) = n / time(n): low for small batches (the fixed cost of a forward pass dominates),
+approaching peak_rate for large ones. (A separate rate per batch-size bucket was tried first: a
+bucket hit by a slow outlier pushed the budget below it and was then never measured again. A
+line through recent batches of all sizes corrects itself.) The rule, with
+k = overhead * peak_rate (the batch size at which half the time is overhead):
+
+    latency fit   n_lat  = (max_batch_latency - overhead) * peak_rate   one batch within the target
+    near peak     n_peak = k * 0.95 / 0.05 (= 19 k)                    95% of peak throughput: larger
+                                                                       batches gain almost nothing
+    floor         n_min  = k * 0.80 / 0.20 (= 4 k)                     below 80% of peak, smaller
+                                                                       batches cost more throughput
+                                                                       than they save in latency
+    budget        max(n_min, min(n_lat, n_peak)), within [16, max_batch_tokens]
+
+On a 2-core CPU the overhead is a few ms and the latency fit decides (a few hundred tokens at
+~50-100 ms); on a GPU peak_rate is far higher, the curve flattens late and n_peak decides
+(thousands of tokens). When the device is too slow for the target even at an efficient size,
+the floor keeps throughput, and so the queue, from collapsing. `max_batch_tokens` is the hard
+cap either way.
+
+Before any measurement the budget is `initial_tokens` (256: conservative on a CPU, cheap on a
+GPU). While recent batches are all about one size the slope cannot be told from the overhead;
+the line then goes through the origin, n_lat becomes n * target / time(n), and repeating that
+converges to the same n_lat as the full rule (time(n) = target). Batches of other sizes (a
+request's last chunk, quiet moments) give the line its overhead.
 """
 
 from __future__ import annotations
@@ -30,71 +43,57 @@ import math
 
 INITIAL_TOKENS = 256
 MIN_TOKENS = 16
-NEAR_PEAK = 0.95
-EWMA_WEIGHT = 0.2  # of the newest batch
+NEAR_PEAK = 0.95  # efficiency beyond which a larger batch is not worth its latency
+FLOOR_EFFICIENCY = 0.80  # efficiency below which a smaller batch is not worth its throughput
+DECAY = 0.97  # weight kept by the older batches at each new one
+MIN_SPREAD = 0.15  # batch sizes' coefficient of variation needed to fit the overhead
 
 
 class BatchBudget:
     def __init__(self, max_batch_tokens: int, max_batch_latency: float | None, *,
-                 initial_tokens: int = INITIAL_TOKENS, min_tokens: int = MIN_TOKENS, near_peak: float = NEAR_PEAK):
+                 initial_tokens: int = INITIAL_TOKENS, min_tokens: int = MIN_TOKENS):
         """max_batch_latency None: no time rule, the budget is max_batch_tokens (a fixed budget)."""
         if max_batch_latency is not None and max_batch_latency <= 0:
             raise ValueError("max_batch_latency must be > 0 seconds (or None for a fixed budget)")
         self.cap = max_batch_tokens
         self.latency = max_batch_latency
-        self.near_peak = near_peak
         self.min_tokens = min(min_tokens, max_batch_tokens)
-        # bucket upper edges: min_tokens * sqrt(2)^k, the last one the cap itself
-        edges, edge = [], float(self.min_tokens)
-        while edge < max_batch_tokens:
-            edges.append(int(round(edge)))
-            edge *= math.sqrt(2)
-        edges.append(max_batch_tokens)
-        self.edges = sorted(set(edges))
-        self.rates: list[float | None] = [None] * len(self.edges)  # tokens/s per bucket
+        self.sums = [0.0] * 5  # decayed sums of 1, n, t, n*n, n*t over batches
+        self.overhead, self.peak_rate = 0.0, 0.0  # the fitted line (0: not measured yet)
         self.tokens = max_batch_tokens if max_batch_latency is None else min(initial_tokens, max_batch_tokens)
 
     @property
     def adaptive(self) -> bool:
         return self.latency is not None
 
-    def bucket(self, tokens: int) -> int:
-        """Index of the smallest bucket whose upper edge holds `tokens`."""
-        for i, edge in enumerate(self.edges):
-            if tokens <= edge:
-                return i
-        return len(self.edges) - 1
-
     def observe(self, tokens: int, seconds: float) -> None:
         """A batch of `tokens` took `seconds` on the compute thread."""
         if not self.adaptive or tokens <= 0:
             return
-        i = self.bucket(tokens)
-        rate = tokens / max(seconds, 1e-6)
-        old = self.rates[i]
-        self.rates[i] = rate if old is None else (1 - EWMA_WEIGHT) * old + EWMA_WEIGHT * rate
+        n, t = float(tokens), max(seconds, 1e-6)
+        self.sums = [DECAY * old + new for old, new in zip(self.sums, (1.0, n, t, n * n, n * t))]
+        self.overhead, self.peak_rate = self._fit()
         self.tokens = self._decide()
 
     def predicted_seconds(self, tokens: int) -> float | None:
-        rate = self._rate_for(self.bucket(tokens))
-        return None if rate is None else tokens / rate
+        return None if not self.peak_rate else self.overhead + tokens / self.peak_rate
 
-    def _rate_for(self, i: int) -> float | None:
-        """The bucket's rate, or the nearest measured one below it (else above it)."""
-        for j in range(i, -1, -1):
-            if self.rates[j] is not None:
-                return self.rates[j]
-        return next((r for r in self.rates[i:] if r is not None), None)
+    def _fit(self) -> tuple[float, float]:
+        """(overhead seconds, peak tokens/s) of the weighted least-squares line."""
+        w, sn, st, snn, snt = self.sums
+        mean_n, mean_t = sn / w, st / w
+        var = snn / w - mean_n * mean_n
+        if var > (MIN_SPREAD * mean_n) ** 2:
+            slope = (snt / w - mean_n * mean_t) / var
+            overhead = mean_t - slope * mean_n
+            if slope > 0 and overhead >= 0:
+                return overhead, 1.0 / slope
+        return 0.0, snn / snt  # one size only, or a fit that noise bent: the line through the origin
 
     def _decide(self) -> int:
-        measured = [i for i, r in enumerate(self.rates) if r is not None]
-        fits = 0
-        for i, edge in enumerate(self.edges):
-            if edge / self._rate_for(i) <= self.latency:
-                fits = i
-        best = max(measured, key=lambda i: self.rates[i])
-        choice = fits
-        if best < measured[-1]:  # a larger batch was measured and is no faster: the curve is flat
-            enough = next(i for i in measured if self.rates[i] >= self.near_peak * self.rates[best])
-            choice = min(fits, enough)
-        return max(self.min_tokens, min(self.edges[choice], self.cap))
+        half = self.overhead * self.peak_rate  # tokens at which half of a batch's time is overhead
+        n_lat = (self.latency - self.overhead) * self.peak_rate
+        n_peak = half * NEAR_PEAK / (1 - NEAR_PEAK) if half else math.inf
+        n_min = half * FLOOR_EFFICIENCY / (1 - FLOOR_EFFICIENCY)
+        budget = max(n_min, min(n_lat, n_peak))
+        return int(max(self.min_tokens, min(budget, self.cap)))

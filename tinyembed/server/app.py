@@ -69,7 +69,8 @@ def make_runner(config: ServerConfig) -> Runner:
     if config.batching == "per-request":
         return DirectRunner(config.max_batch_tokens, config.requests.max_queue_tokens)
     return Scheduler(max_batch_tokens=config.max_batch_tokens, max_batch_sequences=config.max_batch_sequences,
-                     max_queue_tokens=config.requests.max_queue_tokens)
+                     max_queue_tokens=config.requests.max_queue_tokens,
+                     max_batch_latency=config.max_batch_latency or None)
 
 
 class App:
@@ -216,9 +217,10 @@ class App:
 
     # -- embeddings ------------------------------------------------------------------------------
     async def embeddings(self, request: Request, ctx: Context) -> Response:
-        if self.limiter is not None:
-            self.limiter.check_request(ctx.key)
         req: EmbeddingRequest = decode_request(request.body, EmbeddingRequest)
+        tier = req.service_tier or "default"  # unset: refused over the rate limit, like default
+        if self.limiter is not None:  # see ratelimit.py: auto over the limit -> over-limit, flex is free
+            tier = self.limiter.admit_request(ctx.key, tier)
         served = self._model(req.model)
         engine, limits = served.engine, self.config.requests
         ctx.model = served.id
@@ -240,9 +242,9 @@ class App:
             raise ApiError(400, "invalid_input", f"This request has {tokens} tokens; the maximum is "
                            f"{limits.max_tokens_per_request} per request. Split it into smaller requests.", "input")
         if self.limiter is not None:
-            self.limiter.check_tokens(ctx.key, tokens)
+            tier = self.limiter.admit_tokens(ctx.key, tokens, tier)
         self.m_tokens.observe(tokens)
-        tier = "default" if req.service_tier in (None, "auto") else req.service_tier
+        tier = "default" if tier == "auto" else tier
         started = time.monotonic()
         vectors = await self.runner.embed(engine, sequences, tier=tier, key=ctx.key,
                                           deadline=request.arrived + limits.request_timeout)

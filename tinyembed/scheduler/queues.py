@@ -5,10 +5,12 @@ one model's waiting work.
 
 - A `Request` is one client call: its sequences, waiting in length order (shortest first, so a
   request's chunks hold similar lengths), each index handed out exactly once.
-- Three tiers, best first: priority, default (= "auto"), flex. Each tier is a round-robin
-  deque of requests: a request gives at most `chunk_tokens` per turn, then goes to the back,
-  so a 2048-input request is cut into chunks and a single-text request that arrives behind it
-  gets into the next batch formed.
+- Four tiers, best first: priority, default (= "auto"), over-limit (an `auto` request over its
+  key's rate limit, see server/ratelimit.py), flex. Each tier is a round-robin deque of
+  requests: a request gives at most `chunk_tokens` per turn, then goes to the back, so a
+  2048-input request is cut into chunks. Requests that have not had a turn yet wait in their
+  tier's `fresh` deque, served before the round robin: a single text that arrives behind
+  bulk work gets into the next batch formed, however many bulk requests are turning.
 - Aging is counted in batches, not seconds: a default or flex request passed over by
   `aging_batches` batches is "aged", and aged work gets up to `aged_share` of every batch
   before strict tier order applies. Flex therefore always progresses (at worst one chunk per
@@ -116,7 +118,8 @@ class TierQueues:
         self.priority_hold_batches = max(0, priority_hold_batches)
         self.priority_seen = -1 - self.priority_hold_batches  # batches_launched at the last priority arrival
         self.aged_share = min(max(aged_share, 0.0), 1.0)
-        self.queues: list[deque[Request]] = [deque() for _ in TIERS]
+        self.queues: list[deque[Request]] = [deque() for _ in TIERS]  # had a turn, want more
+        self.fresh: list[deque[Request]] = [deque() for _ in TIERS]  # no turn yet: served first
         self.carry: list[deque[Pick]] = [deque() for _ in TIERS]
         self.queued_tokens = [0] * len(TIERS)  # admitted, not launched (staged batch included)
         self.queued_seqs = [0] * len(TIERS)
@@ -135,7 +138,8 @@ class TierQueues:
             self.priority_seen = self.batches_launched
         self.queued_tokens[req.tier] += req.tokens
         self.queued_seqs[req.tier] += len(req.sequences)
-        self._enqueue(req)
+        req.waiting_since = self.batches_launched
+        self.fresh[req.tier].append(req)
 
     def drop(self, req: Request) -> None:
         """Forget a request's waiting sequences (its picks must not be in a staged batch)."""
@@ -180,7 +184,8 @@ class TierQueues:
         the caller fails them). Order: aged default/flex work (up to aged_share), then priority, then
         default, then flex; within a tier carried-back picks, then round-robin chunks."""
         expired: list[Request] = []
-        has_priority = bool(self.carry[PRIORITY]) or any(r.pending for r in self.queues[PRIORITY])
+        has_priority = bool(self.carry[PRIORITY]) or any(
+            r.pending for q in (self.fresh[PRIORITY], self.queues[PRIORITY]) for r in q)
         recent = self.batches_launched - self.priority_seen <= self.priority_hold_batches
         lower = self.priority_tokens if has_priority or recent else self.budget
         batch = FormedBatch(self.budget, lower)
@@ -188,7 +193,8 @@ class TierQueues:
             self._take_aged(batch, int(lower * self.aged_share), now, expired)
         for tier in range(len(TIERS)):
             self._take_carry(batch, tier, now, expired)
-            self._take_round_robin(batch, tier, now, expired)
+            self._take_round_robin(batch, self.fresh[tier], tier, now, expired)
+            self._take_round_robin(batch, self.queues[tier], tier, now, expired)
         return (batch if batch.picks else None), expired
 
     def top_up(self, batch: FormedBatch, req: Request) -> bool:
@@ -303,8 +309,9 @@ class TierQueues:
                 return  # the batch is full for this tier
             carry.popleft()
 
-    def _take_round_robin(self, batch: FormedBatch, tier: int, now: float, expired: list[Request]) -> None:
-        queue = self.queues[tier]
+    def _take_round_robin(self, batch: FormedBatch, queue: deque, tier: int, now: float,
+                          expired: list[Request]) -> None:
+        """A chunk per request in turn; one that wants more goes to the back of its tier's deque."""
         skipped: list[Request] = []  # did not fit; they keep their place at the front
         while queue and len(skipped) < 8:
             progressed = False
@@ -330,7 +337,8 @@ class TierQueues:
         """Serve requests passed over for aging_batches batches, oldest first, up to budget."""
         threshold = self.batches_launched - self.aging_batches
         aged_tokens = 0
-        lower_tiers = self.queues[DEFAULT:]  # best first: default wins ties
+        # best tier first (default wins ties), the fresh deque before the turning one
+        lower_tiers = [q for tier in range(DEFAULT, len(TIERS)) for q in (self.fresh[tier], self.queues[tier])]
         while aged_tokens < budget:
             for queue in lower_tiers:  # drop dead entries at the fronts
                 while queue and (queue[0].dropped or not queue[0].pending):

@@ -31,10 +31,11 @@ the floor keeps throughput, and so the queue, from collapsing. `max_batch_tokens
 cap either way.
 
 Before any measurement the budget is `initial_tokens` (256: conservative on a CPU, cheap on a
-GPU). While recent batches are all about one size the slope cannot be told from the overhead;
-the line then goes through the origin, n_lat becomes n * target / time(n), and repeating that
-converges to the same n_lat as the full rule (time(n) = target). Batches of other sizes (a
-request's last chunk, quiet moments) give the line its overhead.
+GPU). While recent batches are all about one size (steady bulk load fills every batch to the
+budget) the slope cannot be told from the overhead: the line then goes through the origin and
+every other batch is a probe at 0.6x the budget, which gives the next fits two sizes. Without
+the probes a slow machine spirals: the line through the origin blames all of a batch's time on
+its tokens, the budget shrinks, the fixed overhead weighs more, and it shrinks again.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ NEAR_PEAK = 0.95  # efficiency beyond which a larger batch is not worth its late
 FLOOR_EFFICIENCY = 0.80  # efficiency below which a smaller batch is not worth its throughput
 DECAY = 0.97  # weight kept by the older batches at each new one
 MIN_SPREAD = 0.15  # batch sizes' coefficient of variation needed to fit the overhead
+PROBE = 0.6  # a probe batch's size, relative to the budget
 
 
 class BatchBudget:
@@ -60,6 +62,8 @@ class BatchBudget:
         self.min_tokens = min(min_tokens, max_batch_tokens)
         self.sums = [0.0] * 5  # decayed sums of 1, n, t, n*n, n*t over batches
         self.overhead, self.peak_rate = 0.0, 0.0  # the fitted line (0: not measured yet)
+        self.fitted = False  # the overhead is known (recent batches had different sizes)
+        self.probing = False  # the next batch is a probe
         self.tokens = max_batch_tokens if max_batch_latency is None else min(initial_tokens, max_batch_tokens)
 
     @property
@@ -72,14 +76,16 @@ class BatchBudget:
             return
         n, t = float(tokens), max(seconds, 1e-6)
         self.sums = [DECAY * old + new for old, new in zip(self.sums, (1.0, n, t, n * n, n * t))]
-        self.overhead, self.peak_rate = self._fit()
-        self.tokens = self._decide()
+        self.overhead, self.peak_rate, self.fitted = self._fit()
+        budget = self._decide()
+        self.probing = not self.fitted and not self.probing
+        self.tokens = max(self.min_tokens, int(budget * PROBE)) if self.probing else budget
 
     def predicted_seconds(self, tokens: int) -> float | None:
         return None if not self.peak_rate else self.overhead + tokens / self.peak_rate
 
-    def _fit(self) -> tuple[float, float]:
-        """(overhead seconds, peak tokens/s) of the weighted least-squares line."""
+    def _fit(self) -> tuple[float, float, bool]:
+        """(overhead seconds, peak tokens/s, fitted) of the weighted least-squares line."""
         w, sn, st, snn, snt = self.sums
         mean_n, mean_t = sn / w, st / w
         var = snn / w - mean_n * mean_n
@@ -87,8 +93,8 @@ class BatchBudget:
             slope = (snt / w - mean_n * mean_t) / var
             overhead = mean_t - slope * mean_n
             if slope > 0 and overhead >= 0:
-                return overhead, 1.0 / slope
-        return 0.0, snn / snt  # one size only, or a fit that noise bent: the line through the origin
+                return overhead, 1.0 / slope, True
+        return 0.0, snn / snt, False  # one size only, or a fit that noise bent: the line through the origin
 
     def _decide(self) -> int:
         half = self.overhead * self.peak_rate  # tokens at which half of a batch's time is overhead

@@ -78,7 +78,8 @@ class BatchBudget:
         self.sums = [DECAY * old + new for old, new in zip(self.sums, (1.0, n, t, n * n, n * t))]
         self.overhead, self.peak_rate, self.fitted = self._fit()
         budget = self._decide()
-        self.probing = not self.fitted and not self.probing
+        # (at the cap no probe is needed: the line through the origin overestimates batch time)
+        self.probing = not self.fitted and not self.probing and budget < self.cap
         self.tokens = max(self.min_tokens, int(budget * PROBE)) if self.probing else budget
 
     def predicted_seconds(self, tokens: int) -> float | None:

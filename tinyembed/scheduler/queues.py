@@ -22,6 +22,8 @@ one model's waiting work.
   traffic, batches fill to `max_batch_tokens`.
 - A formed batch that is taken back before it runs (see scheduler.py: a better-tier arrival or
   a cancellation) returns its picks to its tiers' `carry`, served first within the tier next time.
+- Order within a tier: carry, fresh requests' first chunks, sequences `evicted` from a staged
+  batch to make room for a newcomer (TierQueues.make_room), then the round robin.
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ class TierQueues:
         self.queues: list[deque[Request]] = [deque() for _ in TIERS]  # had a turn, want more
         self.fresh: list[deque[Request]] = [deque() for _ in TIERS]  # no turn yet: served first
         self.carry: list[deque[Pick]] = [deque() for _ in TIERS]
+        self.evicted: list[deque[Pick]] = [deque() for _ in TIERS]
         self.queued_tokens = [0] * len(TIERS)  # admitted, not launched (staged batch included)
         self.queued_seqs = [0] * len(TIERS)
         self.batches_launched = 0  # the aging clock
@@ -150,9 +153,9 @@ class TierQueues:
         self.queued_seqs[req.tier] -= req.queued_seqs
         req.queued_tokens = req.queued_seqs = 0
         req.pending.clear()
-        carry = self.carry[req.tier]
-        if any(p.request is req for p in carry):
-            self.carry[req.tier] = deque(p for p in carry if p.request is not req)
+        for store in (self.carry, self.evicted):
+            if any(p.request is req for p in store[req.tier]):
+                store[req.tier] = deque(p for p in store[req.tier] if p.request is not req)
         # a dropped request left in a deque is skipped (and removed) when reached
 
     def launched(self, batch: FormedBatch) -> None:
@@ -184,7 +187,7 @@ class TierQueues:
         the caller fails them). Order: aged default/flex work (up to aged_share), then priority, then
         default, then flex; within a tier carried-back picks, then round-robin chunks."""
         expired: list[Request] = []
-        has_priority = bool(self.carry[PRIORITY]) or any(
+        has_priority = bool(self.carry[PRIORITY] or self.evicted[PRIORITY]) or any(
             r.pending for q in (self.fresh[PRIORITY], self.queues[PRIORITY]) for r in q)
         recent = self.batches_launched - self.priority_seen <= self.priority_hold_batches
         lower = self.priority_tokens if has_priority or recent else self.budget
@@ -192,8 +195,9 @@ class TierQueues:
         if self.aged_share > 0:
             self._take_aged(batch, int(lower * self.aged_share), now, expired)
         for tier in range(len(TIERS)):
-            self._take_carry(batch, tier, now, expired)
+            self._take_carry(batch, self.carry, tier, now, expired)
             self._take_round_robin(batch, self.fresh[tier], tier, now, expired)
+            self._take_carry(batch, self.evicted, tier, now, expired)
             self._take_round_robin(batch, self.queues[tier], tier, now, expired)
         return (batch if batch.picks else None), expired
 
@@ -206,7 +210,8 @@ class TierQueues:
         """Fair sharing: a newcomer that does not fit a formed, not yet launched batch takes
         the place of the tail of the largest share of one other request of its tier or a worse
         one, so that it waits behind at most the batch computing. The evicted sequences go to
-        their tier's carry (first in the next batch). -> True if the newcomer's first chunk now fits."""
+        their tier's `evicted` deque (in the next batch, after newcomers' first chunks).
+        -> True if the newcomer's first chunk now fits."""
         need, count = 0, 0
         for i in req.pending:  # its first chunk, as _take would cut it
             if count and need + req.lengths[i] > self.chunk_tokens:
@@ -245,7 +250,7 @@ class TierQueues:
                 batch.picks[k] = Pick(victim, pick.indices[:keep], pick.tokens - gone_tokens)
             else:
                 del batch.picks[k]
-        self.carry[victim.tier].extendleft(evicted)  # collected back to front: extendleft restores order
+        self.evicted[victim.tier].extendleft(evicted)  # collected back to front: extendleft restores order
         batch.worst_tier = max((p.request.tier for p in batch.picks), default=PRIORITY)
         return self.top_up(batch, req)
 
@@ -282,13 +287,15 @@ class TierQueues:
             batch.worst_tier = max(batch.worst_tier, req.tier)
         return tokens
 
-    def _take_carry(self, batch: FormedBatch, tier: int, now: float, expired: list[Request]) -> None:
-        carry = self.carry[tier]
+    def _take_carry(self, batch: FormedBatch, store: list[deque[Pick]], tier: int, now: float,
+                    expired: list[Request]) -> None:
+        """Picks taken back from a formed batch (store: self.carry or self.evicted), in order."""
+        carry = store[tier]
         while carry:
             pick = carry[0]
             req = pick.request
             if req.dropped or self._expired(req, now, expired):
-                carry = self.carry[tier]  # drop() may have rebuilt it
+                carry = store[tier]  # drop() may have rebuilt it
                 if carry and carry[0] is pick:
                     carry.popleft()
                 continue

@@ -13,13 +13,15 @@ launched the moment the compute thread is free (pipelining). It is not final unt
 an arrival that still fits is added to it; a better-tier arrival, or the cancellation of one
 of its requests, takes it back and it is formed again.
 
-Batch size: each lane's `BatchBudget` (scheduler/budget.py) learns tokens/s per batch-size bucket
-from the batches it runs and sets the token budget of the next batches so that one batch stays
-within `max_batch_latency` seconds and no larger than needed for near-peak throughput;
-`max_batch_tokens` is the hard cap. Without a latency target the budget is max_batch_tokens.
-Round-robin chunks (a request's share per turn) are budget // 8, and a newcomer that finds the
-staged batch full takes the place of the tail of the largest other request's share in it
-(TierQueues.make_room), so a short request waits behind at most the batch computing.
+Batch size: each lane's `BatchBudget` (scheduler/budget.py) learns how batch time grows with
+batch size (a line fitted to recent batches: fixed overhead + tokens / peak rate) and sets the
+token budget of the next batches so that one batch stays within `max_batch_latency` seconds and
+is no larger than needed for near-peak throughput; `max_batch_tokens` is the hard cap. Without
+a latency target the budget is max_batch_tokens. Round-robin chunks (a request's share per
+turn) are budget // 8, a request's first chunk comes before others' later ones, and a newcomer
+that finds the staged batch full takes the place of the tail of the largest other request's
+share in it (TierQueues.make_room), so a short request nearly always waits behind only the
+batch computing when it arrived.
 
 Backpressure: a lane holds at most `max_queue_tokens` admitted-but-unfinished tokens (queued,
 staged and computing). An embed() that would pass the bound raises Overloaded(retry_after),

@@ -187,16 +187,40 @@ def run_any(url: str, model: str, api_key: str | None, texts: list[str], point, 
         run = asyncio.run
     common = (args.duration, args.warmup, args.encoding, args.truncate)
     if isinstance(point[0], tuple):
-        return run(run_mixed(url, model, api_key, texts, point[0], point[1], *common))
-    return run(run_point(url, model, api_key, texts, *point, *common))
+        work = run_mixed(url, model, api_key, texts, point[0], point[1], *common)
+    else:
+        work = run_point(url, model, api_key, texts, *point, *common)
+    return run(with_server_tokens(url, work, args.warmup, args.duration))
+
+
+async def with_server_tokens(url: str, work, warmup: float, duration: float) -> dict:
+    """The point's result plus the tokens the server computed in the measured window
+    (server_tokens_per_s): exact even when single requests take longer than the window."""
+    async def sample() -> float:
+        await asyncio.sleep(warmup)
+        before = await asyncio.to_thread(computed_tokens, url)
+        await asyncio.sleep(duration)
+        after = await asyncio.to_thread(computed_tokens, url)
+        return (after - before) / duration
+
+    row, rate = await asyncio.gather(work, sample())
+    row["server_tokens_per_s"] = rate
+    return row
+
+
+def computed_tokens(url: str) -> float:
+    """Tokens the server's scheduler has computed so far (/metrics; 0 if it has no scheduler)."""
+    return batch_stats(url).get("batch_tokens_sum", 0.0)
 
 
 def add_bulk_ratios(results: list[dict]) -> None:
-    """A mixed point's total texts/s over its bulk-only point in the same run."""
+    """A mixed point's total throughput over its bulk-only point in the same run: tokens the
+    server computed per second (texts/s when that is unknown)."""
     alone = {f"{r['batch']}x{r['concurrency']}": r for r in results if not r.get("mixed")}
     for row in results:
         if row.get("mixed") and row["bulk_key"] in alone:
-            row["vs_bulk_alone"] = row["texts_per_s"] / max(alone[row["bulk_key"]]["texts_per_s"], 1e-9)
+            key = "server_tokens_per_s" if row.get("server_tokens_per_s") else "texts_per_s"
+            row["vs_bulk_alone"] = row[key] / max(alone[row["bulk_key"]].get(key) or 0, 1e-9)
 
 
 def _percentile(sorted_values: list[float], p: float) -> float:
@@ -298,6 +322,7 @@ def batch_stats(url: str) -> dict:
     if not count:
         return values
     return {"budget_tokens": values.get("batch_budget_tokens"), "batches": int(count),
+            "batch_tokens_sum": values.get("batch_tokens_sum", 0.0),
             "mean_batch_ms": 1000 * values["batch_compute_seconds_sum"] / count,
             "mean_batch_tokens": values.get("batch_tokens_sum", 0) / count}
 

@@ -54,7 +54,7 @@ def test_the_cap_stays_a_hard_cap():
 def test_a_slow_device_keeps_an_efficient_floor():
     b = BatchBudget(16384, 0.075)
     run(b, lambda n: 0.02 + n / 1000)  # even 16 tokens take 36 ms
-    assert b.tokens == pytest.approx(4 * 0.02 * 1000, rel=0.03)  # 80% efficiency, not 16 tokens
+    assert b.tokens == pytest.approx(0.85 / 0.15 * 0.02 * 1000, rel=0.03)  # 85% efficiency, not 16 tokens
 
 
 def test_it_adapts_when_the_device_gets_faster():
@@ -69,7 +69,8 @@ def test_it_adapts_when_the_device_gets_faster():
 def test_a_low_overhead_device_stops_at_near_peak_throughput():
     b = BatchBudget(16384, 0.075)
     run(b, lambda n: 0.001 + n / 21_000)
-    assert b.tokens == pytest.approx(19 * 0.001 * 21_000, rel=0.05)  # 95% of peak comes before 75 ms
+    # 95% of peak comes at 19 * 21 = 399 tokens, long before 75 ms; the cut stops at half the latency fit
+    assert b.tokens == pytest.approx((0.075 - 0.001) * 21_000 / 2, rel=0.05)
 
 
 def test_noise_moves_it_little():
@@ -78,7 +79,9 @@ def test_noise_moves_it_little():
     rng = random.Random(1)
     # one batch in ten is 3x slower (another process took the CPU)
     run(noisy, lambda n: (0.005 + n / 7000) * (3 if rng.random() < 0.1 else 1))
-    assert 0.5 * clean.tokens <= noisy.tokens <= clean.tokens
+    # the slow batches lower the measured rate (~1/1.2) and blur the overhead (the near-peak cut
+    # may then halve the latency fit): bounded, never a collapse to the minimum
+    assert 0.35 * clean.tokens <= noisy.tokens <= clean.tokens
 
 
 def test_one_size_measured_alternates_with_probes():
@@ -94,7 +97,7 @@ def test_steady_full_batches_on_a_slow_machine_do_not_spiral_down():
     b = BatchBudget(16384, 0.075)
     for _ in range(300):
         b.observe(b.tokens, 0.1 + b.tokens / 1500)
-    assert b.tokens >= 0.9 * 4 * 0.1 * 1500  # the 80% efficiency floor, not 16 tokens
+    assert b.tokens >= 0.9 * 0.85 / 0.15 * 0.1 * 1500  # the 85% efficiency floor, not 16 tokens
 
 
 def test_bad_latency_is_refused():

@@ -19,10 +19,13 @@ k = overhead * peak_rate (the batch size at which half the time is overhead):
     latency fit   n_lat  = (max_batch_latency - overhead) * peak_rate   one batch within the target
     near peak     n_peak = k * 0.95 / 0.05 (= 19 k)                    95% of peak throughput: larger
                                                                        batches gain almost nothing
-    floor         n_min  = k * 0.80 / 0.20 (= 4 k)                     below 80% of peak, smaller
+    floor         n_min  = k * 0.85 / 0.15 (~ 5.7 k)                   below 85% of peak, smaller
                                                                        batches cost more throughput
                                                                        than they save in latency
-    budget        max(n_min, min(n_lat, n_peak)), within [16, max_batch_tokens]
+    budget        max(n_min, min(n_lat, max(n_peak, n_lat / 2))), within [16, max_batch_tokens]
+
+(n_peak may halve the latency fit, no more: it rests on the overhead, the part of the line that
+noise moves most, and smaller batches measure it worse still, so an unbounded cut ratchets down.)
 
 On a 2-core CPU the overhead is a few ms and the latency fit decides (a few hundred tokens at
 ~50-100 ms); on a GPU peak_rate is far higher, the curve flattens late and n_peak decides
@@ -45,7 +48,7 @@ import math
 INITIAL_TOKENS = 256
 MIN_TOKENS = 16
 NEAR_PEAK = 0.95  # efficiency beyond which a larger batch is not worth its latency
-FLOOR_EFFICIENCY = 0.80  # efficiency below which a smaller batch is not worth its throughput
+FLOOR_EFFICIENCY = 0.85  # efficiency below which a smaller batch is not worth its throughput
 DECAY = 0.97  # weight kept by the older batches at each new one
 MIN_SPREAD = 0.15  # batch sizes' coefficient of variation needed to fit the overhead
 PROBE = 0.6  # a probe batch's size, relative to the budget
@@ -102,5 +105,5 @@ class BatchBudget:
         n_lat = (self.latency - self.overhead) * self.peak_rate
         n_peak = half * NEAR_PEAK / (1 - NEAR_PEAK) if half else math.inf
         n_min = half * FLOOR_EFFICIENCY / (1 - FLOOR_EFFICIENCY)
-        budget = max(n_min, min(n_lat, n_peak))
+        budget = max(n_min, min(n_lat, max(n_peak, n_lat / 2)))
         return int(max(self.min_tokens, min(budget, self.cap)))

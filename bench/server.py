@@ -15,6 +15,13 @@ responses, and msgspec decoding only `usage`).
     python -m bench.server                                   # spawns `tinyembed serve`, points 1x1,1x16,32x4
     python -m bench.server --points 1x1,1x4,1x16,1x32 --json # a concurrency sweep, one JSON object
     python -m bench.server --url http://host:8000 --model text-embedding-3-small --api-key KEY
+    python -m bench.server --points 256x2,256x2+1x16,1x16,32x4  # mixed load: bulk alone, then bulk
+                                                                # with 16 single-text clients
+
+A mixed point `BxC+bxc` runs both groups at once (all default tier): the bulk group's texts/s,
+the interactive group's p50/p99, and the total texts/s against the bulk-only point `BxC` of the
+same run ("vs bulk alone"). `--server-pythonpath DIR` runs the spawned server from another
+checkout (e.g. main, for a before/after table; bench/mixed_load.py alternates two of them).
 """
 
 from __future__ import annotations
@@ -106,7 +113,7 @@ async def run_point(url: str, model: str, api_key: str | None, texts: list[str],
     path = (parts.path.rstrip("/") or "") + "/v1/embeddings"
     headers = f"Authorization: Bearer {api_key}\r\n".encode() if api_key else b""
     cursor = [0]
-    samples: list[tuple[float, float, int, int]] = []  # (end time, latency, texts, tokens)
+    samples: list[tuple[float, float, int, int]] = []  # (sent, latency, texts, tokens)
     errors: dict[int, int] = {}
     first_error: list[bytes] = []
     start = time.perf_counter()
@@ -133,13 +140,14 @@ async def run_point(url: str, model: str, api_key: str | None, texts: list[str],
                     errors[status] = errors.get(status, 0) + 1
                     if not first_error:
                         first_error.append(payload[:300])
-                elif done >= measure_from and sent >= measure_from and done <= stop_at:
-                    samples.append((done, done - sent, count, tokens))
+                elif measure_from <= done <= stop_at:  # throughput: completions in the window
+                    samples.append((sent, done - sent, count, tokens))
         finally:
             worker.close()
 
     await asyncio.gather(*(loop_worker() for _ in range(concurrency)))
-    latencies = sorted(s[1] for s in samples)
+    # latency: requests sent inside the window too (a large request may span its start)
+    latencies = sorted(s[1] for s in samples if s[0] >= measure_from) or sorted(s[1] for s in samples)
     window = duration
     result = {
         "batch": batch, "concurrency": concurrency, "requests": len(samples),
@@ -150,6 +158,69 @@ async def run_point(url: str, model: str, api_key: str | None, texts: list[str],
     if first_error:
         result["first_error"] = first_error[0].decode(errors="replace")
     return result
+
+
+async def run_mixed(url: str, model: str, api_key: str | None, texts: list[str], bulk: tuple[int, int],
+                    interactive: tuple[int, int], duration: float, warmup: float, encoding: str,
+                    truncate: bool = False) -> dict:
+    """Bulk and interactive clients at once, measured over the same window."""
+    common = (duration, warmup, encoding, truncate)
+    bulk_row, inter_row = await asyncio.gather(run_point(url, model, api_key, texts, *bulk, *common),
+                                               run_point(url, model, api_key, texts, *interactive, *common))
+    return {"batch": f"{bulk[0]}+{interactive[0]}", "concurrency": f"{bulk[1]}+{interactive[1]}", "mixed": True,
+            "requests": bulk_row["requests"] + inter_row["requests"],
+            "errors": {k: bulk_row["errors"].get(k, 0) + inter_row["errors"].get(k, 0)
+                       for k in {*bulk_row["errors"], *inter_row["errors"]}},
+            "texts_per_s": bulk_row["texts_per_s"] + inter_row["texts_per_s"],
+            "tokens_per_s": bulk_row["tokens_per_s"] + inter_row["tokens_per_s"],
+            "p50_ms": inter_row["p50_ms"], "p99_ms": inter_row["p99_ms"],  # the interactive clients'
+            "bulk": bulk_row, "interactive": inter_row, "bulk_key": f"{bulk[0]}x{bulk[1]}"}
+
+
+def run_any(url: str, model: str, api_key: str | None, texts: list[str], point, args) -> dict:
+    """One point of --points (BxC, or BxC+bxc for mixed load) on a fresh event loop."""
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    common = (args.duration, args.warmup, args.encoding, args.truncate)
+    if isinstance(point[0], tuple):
+        work = run_mixed(url, model, api_key, texts, point[0], point[1], *common)
+    else:
+        work = run_point(url, model, api_key, texts, *point, *common)
+    return run(with_server_tokens(url, work, args.warmup, args.duration))
+
+
+async def with_server_tokens(url: str, work, warmup: float, duration: float) -> dict:
+    """The point's result plus the tokens the server computed in the measured window
+    (server_tokens_per_s): exact even when single requests take longer than the window."""
+    async def sample() -> float:
+        await asyncio.sleep(warmup)
+        before = await asyncio.to_thread(computed_tokens, url)
+        await asyncio.sleep(duration)
+        after = await asyncio.to_thread(computed_tokens, url)
+        return (after - before) / duration
+
+    row, rate = await asyncio.gather(work, sample())
+    row["server_tokens_per_s"] = rate
+    return row
+
+
+def computed_tokens(url: str) -> float:
+    """Tokens the server's scheduler has computed so far (/metrics; 0 if it has no scheduler)."""
+    return batch_stats(url).get("batch_tokens_sum", 0.0)
+
+
+def add_bulk_ratios(results: list[dict]) -> None:
+    """A mixed point's total throughput over its bulk-only point in the same run: tokens the
+    server computed per second (texts/s when that is unknown)."""
+    alone = {f"{r['batch']}x{r['concurrency']}": r for r in results if not r.get("mixed")}
+    for row in results:
+        if row.get("mixed") and row["bulk_key"] in alone:
+            key = "server_tokens_per_s" if row.get("server_tokens_per_s") else "texts_per_s"
+            row["vs_bulk_alone"] = row[key] / max(alone[row["bulk_key"]].get(key) or 0, 1e-9)
 
 
 def _percentile(sorted_values: list[float], p: float) -> float:
@@ -187,11 +258,15 @@ def measure_offline(texts_count: int, repeats: int, batch_tokens: int) -> dict:
 
 
 class SpawnedServer:
-    def __init__(self, extra_args: list[str]):
+    def __init__(self, extra_args: list[str], pythonpath: str | None = None):
         # --auto-truncate: the corpus has texts over 256 tokens, which the offline baseline truncates too
         self.args = [sys.executable, "-m", "tinyembed.cli", "serve", "--port", "0", "--model", MODEL,
                      "--auto-truncate", "--no-access-log", *extra_args]
-        self.proc = subprocess.Popen(self.args, stderr=subprocess.PIPE, text=True)
+        env = None
+        if pythonpath:  # another checkout's code (the bench itself stays this one)
+            env = {**os.environ, "PYTHONPATH": os.path.abspath(pythonpath)}
+        self.proc = subprocess.Popen(self.args, stderr=subprocess.PIPE, text=True, env=env,
+                                     cwd=os.path.abspath(pythonpath) if pythonpath else None)
         self.url = None
         for line in self.proc.stderr:
             if "listening on http://" in line:
@@ -226,12 +301,39 @@ class SpawnedServer:
 
 # -- main ---------------------------------------------------------------------------------------------
 
-def parse_points(text: str) -> list[tuple[int, int]]:
-    points = []
-    for item in text.split(","):
+def batch_stats(url: str) -> dict:
+    """The scheduler's batch budget and mean batch time so far, from /metrics (empty if none)."""
+    import http.client
+
+    parts = urlsplit(url)
+    try:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    except OSError:
+        return {}
+    values = {}
+    for line in text.splitlines():
+        for name in ("batch_budget_tokens", "batch_compute_seconds_sum", "batch_compute_seconds_count",
+                     "batch_tokens_sum"):
+            if line.startswith(f"tinyembed_scheduler_{name}{{"):
+                values[name] = float(line.rsplit(" ", 1)[1])
+    count = values.get("batch_compute_seconds_count")
+    if not count:
+        return values
+    return {"budget_tokens": values.get("batch_budget_tokens"), "batches": int(count),
+            "batch_tokens_sum": values.get("batch_tokens_sum", 0.0),
+            "mean_batch_ms": 1000 * values["batch_compute_seconds_sum"] / count,
+            "mean_batch_tokens": values.get("batch_tokens_sum", 0) / count}
+
+
+def parse_points(text: str) -> list:
+    """"1x16,256x2+1x16" -> [(1, 16), ((256, 2), (1, 16))]"""
+    def one(item: str) -> tuple[int, int]:
         batch, _, concurrency = item.strip().partition("x")
-        points.append((int(batch), int(concurrency)))
-    return points
+        return int(batch), int(concurrency)
+
+    return [tuple(one(p) for p in item.split("+")) if "+" in item else one(item) for item in text.split(",")]
 
 
 def main() -> None:
@@ -250,6 +352,7 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=16384, help="offline baseline tokens per batch")
     parser.add_argument("--no-offline", action="store_true", help="skip the engine baseline")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `tinyembed serve` argument")
+    parser.add_argument("--server-pythonpath", help="spawn the server from this checkout (a before/after peer)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--offline-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -258,20 +361,17 @@ def main() -> None:
 
     texts = mixed_corpus(args.texts)
     offline = None if args.no_offline else measure_offline(args.texts, args.repeats, args.batch_tokens)
-    spawned = None if args.url else SpawnedServer(args.server_arg)
+    spawned = None if args.url else SpawnedServer(args.server_arg, args.server_pythonpath)
     url = args.url or spawned.url
     try:
-        try:
-            import uvloop
-
-            run = uvloop.run
-        except ImportError:
-            run = asyncio.run
-        results = [run(run_point(url, args.model, args.api_key, texts, batch, concurrency, args.duration,
-                                 args.warmup, args.encoding, args.truncate)) for batch, concurrency in parse_points(args.points)]
+        results = []
+        for point in parse_points(args.points):
+            results.append(run_any(url, args.model, args.api_key, texts, point, args))
+            results[-1]["server_batches"] = batch_stats(url)
     finally:
         if spawned is not None:
             spawned.stop()
+    add_bulk_ratios(results)
     for row in results:
         row["vs_offline"] = row["tokens_per_s"] / offline["tokens_per_s"] if offline else None
     report = {
@@ -303,6 +403,15 @@ def print_report(r: dict) -> None:
         print(f"{row['batch']:>9} {row['concurrency']:>7} {row['requests']:>8} {sum(row['errors'].values()):>6} "
               f"{row['texts_per_s']:>9.1f} {row['tokens_per_s']:>9.0f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} "
               f"{ratio:>10}")
+        if row.get("server_batches"):
+            s = row["server_batches"]
+            print(f"    server so far: budget {s.get('budget_tokens')} tokens, {s.get('batches')} batches, mean "
+                  f"{s.get('mean_batch_ms', 0):.0f} ms / {s.get('mean_batch_tokens', 0):.0f} tokens")
+        if row.get("mixed"):
+            b = row["bulk"]
+            vs = f", total {row['vs_bulk_alone']:.2f}x bulk alone" if "vs_bulk_alone" in row else ""
+            print(f"    mixed: p50/p99 are the {row['interactive']['requests']} interactive requests'; bulk "
+                  f"{b['texts_per_s']:.1f} texts/s (p50 {b['p50_ms']:.0f} ms){vs}")
         if "first_error" in row:
             print(f"    first error: {row['first_error']}")
 

@@ -118,3 +118,13 @@ def test_peers_agree_with_tinyembed(tmp_path):
     for row in rows.values():
         assert "error" not in row, row
         assert row["min_cosine_to_tinyembed"] > 0.9999
+
+
+def test_mixed_points_parse_and_compare_with_bulk_alone():
+    from bench.server import add_bulk_ratios, parse_points
+
+    assert parse_points("256x2,256x2+1x16,1x16") == [(256, 2), ((256, 2), (1, 16)), (1, 16)]
+    rows = [{"batch": 256, "concurrency": 2, "texts_per_s": 100.0},
+            {"batch": "256+1", "concurrency": "2+16", "mixed": True, "bulk_key": "256x2", "texts_per_s": 90.0}]
+    add_bulk_ratios(rows)
+    assert rows[1]["vs_bulk_alone"] == 0.9

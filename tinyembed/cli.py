@@ -35,6 +35,8 @@ SERVE_OPTIONS = {
     "--threads": (int, "CPU compute threads; unset: the engine's choice"),
     "--tokenizer-threads": (int, "threads that tokenize requests"),
     "--max-batch-tokens": (int, "tokens per forward pass"),
+    "--max-batch-latency": (float, "seconds one forward pass should take: the batch budget is learned from "
+                                   "measured throughput to fit it; 0 = off (batches fill to --max-batch-tokens)"),
     "--max-batch-sequences": (int, "sequences per forward pass (default: no limit)"),
     "--max-body-bytes": (int, "largest request body; 413 beyond"),
     "--max-inputs": (int, "inputs per request"),
@@ -201,6 +203,7 @@ def server_config(args: argparse.Namespace, environ=os.environ) -> tuple[ServerC
     config = ServerConfig(**{k: val for k, val in dict(
         host=v["host"], port=v["port"], device=v["device"], dtype=v["dtype"], threads=v["threads"],
         tokenizer_threads=v["tokenizer_threads"], max_batch_tokens=v["max_batch_tokens"],
+        max_batch_latency=v["max_batch_latency"],
         max_batch_sequences=v["max_batch_sequences"], log_format=v["log_format"], shutdown_timeout=v["shutdown_timeout"], event_loop=v["loop"],
         batching=v["batching"],
     ).items() if val is not None},
@@ -219,6 +222,8 @@ def server_config(args: argparse.Namespace, environ=os.environ) -> tuple[ServerC
                         ("max-batch-sequences", config.max_batch_sequences or 1)):
         if value < 1:
             raise ValueError(f"--{name} must be at least 1")
+    if config.max_batch_latency < 0:
+        raise ValueError("--max-batch-latency must be >= 0 seconds (0 turns the time budget off)")
     return config, (v["log_level"] or "info")
 
 

@@ -13,7 +13,9 @@ lines are committed with its done mark (jobs/store.py): after a crash, done chun
 the rest are redone, so each custom_id lands in the result files exactly once.
 
 The embedding work goes through the server's Runner at the "flex" tier, in pieces of at most
-`piece_tokens` tokens with at most `pieces_in_flight` of them in the Runner at once: the
+`piece_tokens` tokens (default: two of the scheduler's time-set batch budgets, see
+scheduler/budget.py, so it follows what one forward pass may take on this device) with at most
+`pieces_in_flight` of them in the Runner at once: the
 scheduler serves better tiers first, batch work never fills its queue, and no forward pass
 holds more than a few pieces of batch work for an interactive request to wait behind. A full
 queue (Overloaded) only delays a batch. One batch runs at a time (oldest first),
@@ -39,6 +41,7 @@ from tinyembed.scheduler.runner import Overloaded, split_by_tokens
 log = logging.getLogger("tinyembed.batch")
 
 TIER = "flex"
+FALLBACK_PIECE_TOKENS = 2048  # for a Runner without batch budgets (DirectRunner)
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
 MAX_REPORTED_ERRORS = 100  # line errors listed in the batch object; all of them are in the error file
 
@@ -150,7 +153,7 @@ def plan(data: bytes, chunk_lines: int, chunk_bytes: int):
 class JobRunner:
     def __init__(self, store: Store, runner, find_engine, *, max_inputs: int, max_tokens: int,
                  auto_truncate: bool = False, max_requests: int = 50_000, retention_seconds: float = 0,
-                 chunk_lines: int = 256, chunk_bytes: int = 1 << 20, piece_tokens: int = 2048,
+                 chunk_lines: int = 256, chunk_bytes: int = 1 << 20, piece_tokens: int | None = None,
                  pieces_in_flight: int = 2, parallel_chunks: int = 2, pool=None):
         self.store, self.runner, self.find_engine = store, runner, find_engine
         self.max_inputs, self.max_tokens, self.auto_truncate = max_inputs, max_tokens, auto_truncate
@@ -318,7 +321,7 @@ class JobRunner:
         for group in by_engine.values():
             engine = group[0].engine
             sequences = [s for item in group for s in item.sequences]
-            pieces = split_by_tokens(sequences, self.piece_tokens)
+            pieces = split_by_tokens(sequences, self._piece_tokens(engine))
             results = await asyncio.gather(*(self._embed_piece(engine, piece, owner) for piece in pieces))
             vectors = np.concatenate(results) if len(results) > 1 else results[0]
             at = 0
@@ -326,6 +329,13 @@ class JobRunner:
                 out[item.line] = vectors[at:at + len(item.sequences)]
                 at += len(item.sequences)
         return out
+
+    def _piece_tokens(self, engine) -> int:
+        """The configured piece, else two batch budgets of the Runner (one computing, one staged)."""
+        if self.piece_tokens is not None:
+            return self.piece_tokens
+        budget = getattr(self.runner, "batch_budget", None)
+        return max(64, 2 * budget(engine)) if budget is not None else FALLBACK_PIECE_TOKENS
 
     async def _embed_piece(self, engine, piece: list, owner: str | None) -> np.ndarray:
         async with self._pieces:

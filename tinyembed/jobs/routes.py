@@ -61,9 +61,6 @@ class BatchApi:
         self.retention_seconds = retention_seconds
         self.store = Store(data_dir, **({"clock": clock} if clock else {}))
         limits = app.config.requests
-        # Pieces of an eighth of a forward pass: an interactive request that arrives while batch
-        # work computes waits behind a small batch, not a full one.
-        job_options.setdefault("piece_tokens", max(512, app.config.max_batch_tokens // 8))
         self.jobs = batch_jobs.JobRunner(
             self.store, app.runner, self.find_engine, max_inputs=limits.max_inputs,
             max_tokens=limits.max_tokens_per_request, auto_truncate=app.config.auto_truncate,

@@ -13,6 +13,16 @@ launched the moment the compute thread is free (pipelining). It is not final unt
 an arrival that still fits is added to it; a better-tier arrival, or the cancellation of one
 of its requests, takes it back and it is formed again.
 
+Batch size: each lane's `BatchBudget` (scheduler/budget.py) learns how batch time grows with
+batch size (a line fitted to recent batches: fixed overhead + tokens / peak rate) and sets the
+token budget of the next batches so that one batch stays within `max_batch_latency` seconds and
+is no larger than needed for near-peak throughput; `max_batch_tokens` is the hard cap. Without
+a latency target the budget is max_batch_tokens. Round-robin chunks (a request's share per
+turn) are budget // 8, a request's first chunk comes before others' later ones, and a newcomer
+that finds the staged batch full takes the place of the tail of the largest other request's
+share in it (TierQueues.make_room), so a short request nearly always waits behind only the
+batch computing when it arrived.
+
 Backpressure: a lane holds at most `max_queue_tokens` admitted-but-unfinished tokens (queued,
 staged and computing). An embed() that would pass the bound raises Overloaded(retry_after),
 retry_after = the excess over the bound / the measured drain rate (EWMA of tokens/s of recent
@@ -36,6 +46,7 @@ from functools import partial
 import numpy as np
 
 from tinyembed.common.metrics import LATENCY_BUCKETS, Registry
+from tinyembed.scheduler.budget import BatchBudget
 from tinyembed.scheduler.runner import DeadlineExceeded, Overloaded
 from tinyembed.scheduler.queues import PRIORITY, TIER_RANK, TIERS, FormedBatch, Request, TierQueues
 
@@ -43,6 +54,9 @@ __all__ = ["Scheduler", "Overloaded", "DeadlineExceeded"]
 
 BATCH_TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 BATCH_SEQ_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+BATCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCHES_WAITED_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 16, 32, 64, 128, 256, 1024)
+SIZE_CLASSES = ((1, "1"), (32, "2-32"), (256, "33-256"))  # inputs per request -> label; above: "257+"
 ANONYMOUS = "anonymous"
 MAX_USAGE_KEYS = 1000  # distinct usage labels; later keys are counted under "other"
 
@@ -53,7 +67,8 @@ class Scheduler:
     def __init__(self, max_batch_tokens: int = 16384, max_batch_sequences: int | None = None,
                  max_queue_tokens: int | None = None, *, priority_batch_tokens: int | None = None,
                  chunk_tokens: int | None = None, aging_batches: int = 8, aged_share: float = 0.25,
-                 priority_hold_batches: int = 8, max_retry_after: float = 60.0):
+                 priority_hold_batches: int = 8, max_retry_after: float = 60.0,
+                 max_batch_latency: float | None = None):
         """max_batch_tokens / max_batch_sequences: the budget of one batch.
         max_queue_tokens: admitted-but-unfinished tokens per model (default 16 batches).
         priority_batch_tokens: while priority work is waiting or was admitted within the last
@@ -62,13 +77,18 @@ class Scheduler:
         long batch. chunk_tokens: what one request gives per round-robin turn (default
         max_batch_tokens // 8). aging_batches, aged_share: a default/flex request passed over
         by aging_batches batches gets up to aged_share of the next batches ahead of better
-        tiers (flex is never starved). See queues.py for the batch former."""
+        tiers (flex is never starved). See queues.py for the batch former.
+        max_batch_latency: seconds one batch should take; the budget of a batch is then learned
+        (budget.py) and max_batch_tokens is only its cap. None: every batch may fill to
+        max_batch_tokens."""
         self._queue_args = dict(max_batch_tokens=max_batch_tokens, max_batch_sequences=max_batch_sequences,
                                 priority_batch_tokens=priority_batch_tokens, chunk_tokens=chunk_tokens,
                                 aging_batches=aging_batches, aged_share=aged_share,
                                 priority_hold_batches=priority_hold_batches)
         TierQueues(**self._queue_args)  # validate the arguments now, not at the first request
         self.max_batch_tokens = max_batch_tokens
+        self.max_batch_latency = max_batch_latency
+        BatchBudget(max_batch_tokens, max_batch_latency)  # validate now too
         self.max_queue_tokens = max_queue_tokens or 16 * max_batch_tokens
         self.max_retry_after = max_retry_after
         self._lanes: dict[object, _Lane] = {}  # engine -> lane (held: ids are never reused)
@@ -131,6 +151,12 @@ class Scheduler:
         lanes = self._lanes.values() if engine is None else [self._lanes[engine]]
         return {lane.name: lane.snapshot() for lane in lanes}
 
+    def batch_budget(self, engine) -> int:
+        """Tokens the model's next batches may hold (the time-set budget, or the cap)."""
+        lane = self._lanes.get(engine)
+        return lane.budget.tokens if lane is not None else BatchBudget(
+            self.max_batch_tokens, self.max_batch_latency).tokens
+
     def _lane(self, engine) -> _Lane:
         lane = self._lanes.get(engine)
         if lane is None:
@@ -157,6 +183,8 @@ class _Lane:
         self.executor = executor
         self.stats = scheduler._stats
         self.queues = TierQueues(**scheduler._queue_args)
+        self.budget = BatchBudget(scheduler.max_batch_tokens, scheduler.max_batch_latency)
+        self.queues.set_budget(self.budget.tokens)
         self.max_tokens = scheduler.max_queue_tokens
         self.computing: FormedBatch | None = None
         self.staged: FormedBatch | None = None
@@ -178,6 +206,7 @@ class _Lane:
             self.stats.rejected.inc(self.name, "queue_full")
             raise Overloaded(self.retry_after(req.tokens))
         req.future = self.loop.create_future()
+        req.seen_batch = self.queues.batches_launched - (1 if self.computing is not None else 0)
         if req.deadline is not None:
             req.timer = self.loop.call_later(max(0.0, req.deadline - time.monotonic()), self.expire, req)
         self.queues.add(req)
@@ -190,6 +219,8 @@ class _Lane:
             elif staged.has_room(req.tier, min(req.lengths), self.queues.max_seqs):
                 if self.queues.top_up(staged, req):
                     staged.packed = None  # packed again in step()
+            elif self.queues.make_room(staged, req):
+                staged.packed = None
         self.kick()
 
     def retry_after(self, tokens: int) -> float:
@@ -279,9 +310,13 @@ class _Lane:
     def launch(self, batch: FormedBatch) -> None:
         self.queues.launched(batch)
         now = time.monotonic()
+        number = self.queues.batches_launched  # this batch's
         for req in batch.requests():
             if req.started is None:
                 req.started = now
+            if req.queued_seqs == 0:  # its last batch
+                req.batches_waited = number - 1 - req.seen_batch
+                req.last_launch = now
         self.computing = batch
         work = batch.packed if batch.packed is not None else batch.sequences()  # small: packed there
         future = self.loop.run_in_executor(self.executor, _compute, self.engine, work)
@@ -330,6 +365,9 @@ class _Lane:
         tier = TIERS[req.tier]
         self.stats.queue_seconds.observe(req.started - req.admitted, self.name, tier)
         self.stats.compute_seconds.observe(now - req.started, self.name, tier)
+        size = size_class(len(req.sequences))
+        self.stats.wait_seconds.observe(req.last_launch - req.admitted, self.name, tier, size)
+        self.stats.batches_waited.observe(req.batches_waited, self.name, tier, size)
         key = self.stats.usage_label(req.key)
         self.stats.usage_requests.inc(key, self.name)
         self.stats.usage_tokens.inc(key, self.name, by=req.tokens)
@@ -352,6 +390,8 @@ class _Lane:
         self.stats.batch_seconds.observe(seconds, self.name)
         rate = batch.tokens / seconds
         self.drain_rate = rate if not self.drain_rate else 0.8 * self.drain_rate + 0.2 * rate
+        self.budget.observe(batch.tokens, seconds)
+        self.queues.set_budget(self.budget.tokens)
 
     # -- introspection ---------------------------------------------------------------------------
     def snapshot(self) -> dict:
@@ -365,6 +405,7 @@ class _Lane:
             "computing_tokens": self.computing.tokens if self.computing else 0,
             "batches": q.batches_launched,
             "drain_tokens_per_second": self.drain_rate,
+            "batch_budget_tokens": self.budget.tokens,
         }
 
     def export_gauges(self) -> None:
@@ -375,6 +416,11 @@ class _Lane:
         s.unfinished_tokens.set(self.unfinished_tokens, self.name)
         s.max_unfinished_tokens.set(self.max_tokens, self.name)
         s.drain_rate.set(round(self.drain_rate, 3), self.name)
+        s.budget.set(self.budget.tokens, self.name)
+
+
+def size_class(inputs: int) -> str:
+    return next((label for bound, label in SIZE_CLASSES if inputs <= bound), f"{SIZE_CLASSES[-1][0] + 1}+")
 
 
 def _compute(engine, work):
@@ -404,7 +450,17 @@ class _Stats:
         self.batch_sequences = r.histogram("tinyembed_scheduler_batch_sequences", "Sequences per batch",
                                            ("model",), BATCH_SEQ_BUCKETS)
         self.batch_seconds = r.histogram("tinyembed_scheduler_batch_compute_seconds",
-                                         "Forward-pass time per batch", ("model",), LATENCY_BUCKETS)
+                                         "Forward-pass time per batch", ("model",), BATCH_SECONDS_BUCKETS)
+        self.budget = r.gauge("tinyembed_scheduler_batch_budget_tokens",
+                              "Tokens the next batches may hold (set by --max-batch-latency, capped by "
+                              "--max-batch-tokens)", ("model",))
+        self.wait_seconds = r.histogram("tinyembed_scheduler_request_wait_seconds",
+                                        "Per request: admission -> its last batch starts, by tier and inputs "
+                                        "per request", ("model", "tier", "size"), LATENCY_BUCKETS)
+        self.batches_waited = r.histogram("tinyembed_scheduler_request_batches_waited",
+                                          "Per request: batches computed after it arrived and before its last "
+                                          "batch (the one computing on arrival included)", ("model", "tier", "size"),
+                                          BATCHES_WAITED_BUCKETS)
         self.queue_seconds = r.histogram("tinyembed_scheduler_request_queue_seconds",
                                          "Per request: admission -> its first batch starts", ("model", "tier"),
                                          LATENCY_BUCKETS)

@@ -72,7 +72,8 @@ def make_runner(config: ServerConfig) -> Runner:
     if config.batching == "per-request":
         return DirectRunner(config.max_batch_tokens, config.requests.max_queue_tokens)
     return Scheduler(max_batch_tokens=config.max_batch_tokens, max_batch_sequences=config.max_batch_sequences,
-                     max_queue_tokens=config.requests.max_queue_tokens)
+                     max_queue_tokens=config.requests.max_queue_tokens,
+                     max_batch_latency=config.max_batch_latency or None)
 
 
 class App:
@@ -222,9 +223,10 @@ class App:
 
     # -- embeddings ------------------------------------------------------------------------------
     async def embeddings(self, request: Request, ctx: Context) -> Response:
-        if self.limiter is not None:
-            self.limiter.check_request(ctx.key)
         req: EmbeddingRequest = decode_request(request.body, EmbeddingRequest)
+        tier = req.service_tier or "default"  # unset: refused over the rate limit, like default
+        if self.limiter is not None:  # see ratelimit.py: auto over the limit -> over-limit, flex is free
+            tier = self.limiter.admit_request(ctx.key, tier)
         served = self._model(req.model)
         engine, limits = served.engine, self.config.requests
         ctx.model = served.id
@@ -241,9 +243,9 @@ class App:
         truncate = self.config.auto_truncate if req.truncate is None else req.truncate
         sequences = await self._tokenize(ctx, engine, texts, id_arrays, truncate, req.input_type, req.prompt_name)
         tokens = ctx.tokens = sum(len(s) for s in sequences)
-        self._check_tokens(ctx, tokens)
+        tier = self._check_tokens(ctx, tokens, tier)
         self.m_tokens.observe(tokens)
-        tier = "default" if req.service_tier in (None, "auto") else req.service_tier
+        tier = "default" if tier == "auto" else tier
         started = time.monotonic()
         # The deadline grows with the request's own compute time: an admitted request can finish.
         deadline = limits_.deadline(request.arrived, limits.request_timeout, tokens,
@@ -258,13 +260,16 @@ class App:
             body = encode_embeddings(*args)
         return Response(200, body)
 
-    def _check_tokens(self, ctx, tokens: int) -> None:
+    def _check_tokens(self, ctx, tokens: int, tier: str = "default") -> str:
+        """The per-request token cap and the key's token budget; returns the tier the request runs
+        at (`auto` over the budget becomes `over-limit`, see ratelimit.py)."""
         limit = self.config.requests.max_tokens_per_request
         if tokens > limit:
             raise ApiError(400, "invalid_input", f"This request has {tokens} tokens; the maximum is "
                            f"{limit} per request. Split it into smaller requests.", "input")
         if self.limiter is not None:
-            self.limiter.check_tokens(ctx.key, tokens)
+            tier = self.limiter.admit_tokens(ctx.key, tokens, tier)
+        return tier
 
     async def _tokenize(self, ctx, engine: Engine, texts, id_arrays, truncate: bool, input_type,
                         prompt_name=None):

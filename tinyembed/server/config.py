@@ -80,7 +80,10 @@ class ServerConfig:
     dtype: str | None = None
     threads: int | None = None  # compute threads of the CPU ops (None: the engine decides)
     tokenizer_threads: int = 2
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int = 16384  # hard cap on a forward pass
+    # seconds one forward pass should take; the scheduler learns the token budget that fits it
+    # (scheduler/budget.py). 0: no time rule, batches fill to max_batch_tokens.
+    max_batch_latency: float = 0.075
     max_batch_sequences: int | None = None  # sequences per forward pass (None: no limit)
     batching: str = "continuous"  # continuous (Scheduler) | per-request (DirectRunner: a baseline)
     log_format: str = "plain"

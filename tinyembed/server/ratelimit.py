@@ -3,6 +3,16 @@
 A bucket holds up to one minute's budget and refills continuously, so a client may burst up to
 its per-minute limit and then proceeds at the steady rate. A refused take says how long to wait,
 which becomes Retry-After (and retry-after-ms, which the OpenAI SDKs read first).
+
+Service tiers decide what "over the limit" means for a request (`admit_request`, then
+`admit_tokens` once its tokens are counted):
+
+    default, priority, unset   over the limit -> 429 rate_limit_exceeded
+    auto                       over the limit -> runs at the `over-limit` tier (after default and
+                               priority, before flex) and the response says so; it takes nothing
+                               from the buckets, so the key's budget refills as usual
+    flex                       takes nothing from the buckets and is never refused for them; it
+                               runs at the lowest tier
 """
 
 from __future__ import annotations
@@ -45,6 +55,9 @@ class RateLimited(Exception):
         self.retry_after, self.message, self.kind = retry_after, message, kind
 
 
+OVER_LIMIT = "over-limit"
+
+
 class RateLimiter:
     MAX_KEYS = 100_000  # bounded memory: full buckets are forgotten first (they carry no state)
 
@@ -70,6 +83,31 @@ class RateLimiter:
             del self._buckets[key]
         while len(self._buckets) >= self.MAX_KEYS:
             self._buckets.popitem(last=False)
+
+    def admit_request(self, key: str, tier: str) -> str:
+        """Before tokenizing: the tier the request runs at as far as its count is concerned
+        (`tier` is what the client asked for, "default" when unset). Raises RateLimited."""
+        if tier in ("flex", OVER_LIMIT):
+            return tier
+        try:
+            self.check_request(key)
+        except RateLimited:
+            if tier == "auto":
+                return OVER_LIMIT
+            raise
+        return tier
+
+    def admit_tokens(self, key: str, tokens: int, tier: str) -> str:
+        """Once tokenized: the same for its tokens (tier as returned by admit_request)."""
+        if tier in ("flex", OVER_LIMIT):
+            return tier
+        try:
+            self.check_tokens(key, tokens)
+        except RateLimited:
+            if tier == "auto":
+                return OVER_LIMIT
+            raise
+        return tier
 
     def check_request(self, key: str) -> None:
         now = self.clock()

@@ -94,3 +94,65 @@ def test_embedder_names_a_missing_column_and_a_bad_row(tiny):
         embedder(pa.table({"text": ["a", None]}))
     with pytest.raises(ValueError, match="dimensions must be 1.."):
         Embedder(TINY_MODEL, device="cpu", dimensions=10_000)
+
+
+def embed_cli(*args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYEMBED_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.Popen([sys.executable, "-m", "tinyembed.cli", "embed", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def listed_blocks(manifest) -> list[int]:
+    if not manifest.is_file():
+        return []
+    return [json.loads(line)["block"] for line in manifest.read_text().splitlines()[1:] if line.endswith("}")]
+
+
+def test_distributed_embed_killed_midway_reruns_only_the_missing_blocks(cluster, tmp_path, minilm):
+    texts = corpus(1500, seed=2)
+    src, out = tmp_path / "docs.jsonl", tmp_path / "vectors.jsonl"
+    src.write_text("".join(json.dumps({"doc": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    args = [str(src), "-o", str(out), "--id-field", "doc", "--chunk-size", "50", "--actors", "2",
+            f"--ray={cluster.address_info['gcs_address']}"]
+    manifest = tmp_path / "vectors.jsonl.parts" / "manifest.jsonl"
+
+    first = embed_cli(*args)
+    deadline = time.monotonic() + 120
+    while len(listed_blocks(manifest)) < 2:  # let a few blocks finish, then pull the plug
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "no block finished in time"
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    done_before = set(listed_blocks(manifest))
+    assert 2 <= len(done_before) < 30 and not out.exists()
+
+    second = embed_cli(*args)
+    stdout, stderr = second.communicate(timeout=300)
+    assert second.returncode == 0, stderr
+    assert f"resuming: {len(done_before)} of 30 blocks were done" in stderr
+    assert f"30 blocks, {30 - len(done_before)} embedded by this run, {len(done_before)} by an earlier one" in stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"d{i}" for i in range(1500)]  # every row once, in order
+    assert [r["line"] for r in rows] == list(range(1, 1501))
+    got = np.array([r["embedding"] for r in rows], dtype=np.float32)
+    assert np.abs(got - minilm.embed_texts(texts)).max() <= 1e-5
+    assert not manifest.parent.exists()  # the parts are gone once joined
+
+
+def test_the_documented_example_writes_parquet_with_the_embedding_column(cluster, tmp_path, tiny):
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from ray_data import embed_corpus
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    texts = corpus(60, seed=3)
+    (tmp_path / "docs.csv").write_text("n,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts)))
+    embed_corpus(str(tmp_path / "docs.csv"), str(tmp_path / "out"), model=TINY_MODEL, actors=1, batch_size=25,
+                 cpus_per_actor=0.5)
+    table = pq.read_table(tmp_path / "out")
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), tiny.info.dimensions)
+    order = np.argsort(table.column("n").to_numpy())
+    got = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))[order]
+    assert np.abs(got - tiny.embed_texts(texts)).max() <= 1e-5

@@ -60,6 +60,8 @@ def run(args: argparse.Namespace, engine=None) -> int:
         print("tinyembed embed: error: with -o, give exactly one INPUT file", file=sys.stderr)
         return 2
     try:
+        if args.actors is not None and args.ray is None:
+            raise BulkError("--actors goes with --ray")
         if args.ray is not None or _parquet_output(args):  # block runs: jobs/bulk_blocks.py
             return _block_run(args, engine)
         job = BulkJob(args, engine)

@@ -43,22 +43,22 @@ def cluster():
 
 # Each actor asks for half a CPU: two actors holding both CPUs would leave none for the read
 # tasks, and the pipeline would wait forever (docs/ray.md says so too).
-def test_embedder_two_actors_from_parquet_every_row_once_equal_to_the_engine(cluster, tmp_path, minilm):
+def test_embedder_two_actors_from_parquet_every_row_once_equal_to_the_engine(cluster, tmp_path, tiny):
     from tinyembed.integrations.ray import Embedder
 
     texts = corpus(3000)
     pq.write_table(pa.table({"id": np.arange(len(texts)), "body": texts}), tmp_path / "docs.parquet",
                    row_group_size=500)
     ds = ray.data.read_parquet(str(tmp_path / "docs.parquet"))
-    ds = ds.map_batches(Embedder, fn_constructor_kwargs={"model": "all-MiniLM-L6-v2", "text_column": "body",
+    ds = ds.map_batches(Embedder, fn_constructor_kwargs={"model": TINY_MODEL, "text_column": "body",
                                                          "output_column": "vec"},
                         concurrency=2, num_cpus=0.5, batch_size=250, batch_format="pyarrow")
     out = pa.concat_tables(ray.get(ds.to_arrow_refs()))
-    assert out.schema.field("vec").type == pa.list_(pa.float32(), minilm.info.dimensions)
+    assert out.schema.field("vec").type == pa.list_(pa.float32(), tiny.info.dimensions)
     ids = out.column("id").to_numpy()
     assert sorted(ids.tolist()) == list(range(len(texts)))  # every row exactly once
     got = np.stack(out.column("vec").to_numpy(zero_copy_only=False))
-    expected = minilm.embed_texts([texts[i] for i in ids])
+    expected = tiny.embed_texts([texts[i] for i in ids])
     assert np.abs(got - expected).max() <= 1e-5
     assert out.column("body").to_pylist() == [texts[i] for i in ids]  # the other columns ride along
 
@@ -136,8 +136,9 @@ def test_distributed_embed_killed_midway_reruns_only_the_missing_blocks(cluster,
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"d{i}" for i in range(1500)]  # every row once, in order
     assert [r["line"] for r in rows] == list(range(1, 1501))
-    got = np.array([r["embedding"] for r in rows], dtype=np.float32)
-    assert np.abs(got - minilm.embed_texts(texts)).max() <= 1e-5
+    sample = range(0, 1500, 5)  # every block, from both runs; the engine's own vectors cost time
+    got = np.array([rows[i]["embedding"] for i in sample], dtype=np.float32)
+    assert np.abs(got - minilm.embed_texts([texts[i] for i in sample])).max() <= 1e-5
     assert not manifest.parent.exists()  # the parts are gone once joined
 
 

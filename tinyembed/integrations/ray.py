@@ -18,7 +18,11 @@ Needs the `ray` extra: `pip install 'tinyembed[ray]'`.
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
+
+try:
+    import pyarrow as pa
+except ImportError:  # pragma: no cover - depends on the install
+    raise ImportError("tinyembed.integrations.ray needs the ray extra: pip install 'tinyembed[ray]'") from None
 
 from tinyembed.engine import DEFAULT_MODEL, load_engine
 

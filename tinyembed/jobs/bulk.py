@@ -20,12 +20,11 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
-from pathlib import Path
 
 from tinyembed.jobs.bulk_chunk import ChunkEmbedder
 from tinyembed.jobs.progress import Progress
-from tinyembed.jobs.bulk_io import (INPUT_FORMATS, OUTPUT_FORMATS, BatchWriter, BulkError, JsonlWriter, NpyWriter,
-                      count_rows, detect_input_format, detect_output_format, fingerprint,
+from tinyembed.jobs.bulk_io import (INPUT_FORMATS, OUTPUT_FORMATS, BatchWriter, BulkError, JobFiles, JsonlWriter, NpyWriter,
+                      count_rows, fingerprint,
                       read_records)
 
 WRITERS = {"npy": NpyWriter, "jsonl": JsonlWriter, "batch": BatchWriter}
@@ -95,19 +94,9 @@ def _block_run(args: argparse.Namespace, engine) -> int:
 class BulkJob:
     def __init__(self, args: argparse.Namespace, engine=None):
         self.args = args
-        self.input = Path(args.texts[0])
-        self.output = Path(args.output)
-        if not self.input.is_file():
-            raise BulkError(f"{self.input}: no such file")
-        if not self.output.parent.is_dir():
-            raise BulkError(f"{self.output.parent}: no such folder for the output")
-        if args.chunk_size < 1 or args.batch_tokens < 1:
-            raise BulkError("--chunk-size and --batch-tokens must be at least 1")
-        self.input_format = (detect_input_format(self.input, args.field) if args.input_format == "auto"
-                             else args.input_format)
-        self.output_format = (detect_output_format(self.output, self.input_format) if args.output_format == "auto"
-                              else args.output_format)
-        self.field = args.field or "text"
+        files = JobFiles.from_args(args)
+        self.input, self.output, self.field = files.input, files.output, files.field
+        self.input_format, self.output_format = files.input_format, files.output_format
         self.partial = self.output.with_name(self.output.name + ".partial")
         self.progress = self.output.with_name(self.output.name + ".progress")
         if engine is None:

@@ -28,8 +28,8 @@ from typing import Iterable, Iterator, Protocol
 import numpy as np
 
 from tinyembed.jobs.bulk_chunk import ChunkEmbedder
-from tinyembed.jobs.bulk_io import (BatchWriter, BulkError, JsonlWriter, NpyWriter, ParquetWriter, Record, _parquet,
-                                    detect_input_format, detect_output_format, fingerprint, read_records)
+from tinyembed.jobs.bulk_io import (BatchWriter, BulkError, JobFiles, JsonlWriter, NpyWriter, ParquetWriter, Record,
+                                    _parquet, fingerprint, read_records)
 from tinyembed.jobs.progress import Progress, ProgressLines
 
 INTERRUPTED = 130
@@ -75,21 +75,11 @@ class LocalBlocks:
 class BlockJob:
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.input = Path(args.texts[0])
-        self.output = Path(args.output)
-        if not self.input.is_file():
-            raise BulkError(f"{self.input}: no such file")
-        if not self.output.parent.is_dir():
-            raise BulkError(f"{self.output.parent}: no such folder for the output")
-        if args.chunk_size < 1 or args.batch_tokens < 1:
-            raise BulkError("--chunk-size and --batch-tokens must be at least 1")
-        self.input_format = (detect_input_format(self.input, args.field) if args.input_format == "auto"
-                             else args.input_format)
-        self.output_format = (detect_output_format(self.output, self.input_format) if args.output_format == "auto"
-                              else args.output_format)
+        files = JobFiles.from_args(args)
+        self.input, self.output, self.field = files.input, files.output, files.field
+        self.input_format, self.output_format = files.input_format, files.output_format
         if self.output_format == "parquet" and self.input_format == "batch":
             raise BulkError("an OpenAI batch input gives batch output lines: name the output .jsonl")
-        self.field = args.field or "text"
         self.parts = self.output.with_name(self.output.name + ".parts")
         self.manifest = self.parts / "manifest.jsonl"
         self.stamp = fingerprint(self.input, self.options())

@@ -49,6 +49,31 @@ class Record:
     raw: bytes | None = None  # batch input: the whole line
 
 
+@dataclass
+class JobFiles:
+    """A bulk command's input and output, checked, with their formats settled."""
+
+    input: Path
+    output: Path
+    input_format: str
+    output_format: str
+    field: str
+
+    @classmethod
+    def from_args(cls, args) -> "JobFiles":
+        source, output = Path(args.texts[0]), Path(args.output)
+        if not source.is_file():
+            raise BulkError(f"{source}: no such file")
+        if not output.parent.is_dir():
+            raise BulkError(f"{output.parent}: no such folder for the output")
+        if args.chunk_size < 1 or args.batch_tokens < 1:
+            raise BulkError("--chunk-size and --batch-tokens must be at least 1")
+        input_format = detect_input_format(source, args.field) if args.input_format == "auto" else args.input_format
+        output_format = (detect_output_format(output, input_format) if args.output_format == "auto"
+                         else args.output_format)
+        return cls(source, output, input_format, output_format, args.field or "text")
+
+
 # -- reading -----------------------------------------------------------------------------------------
 
 def detect_input_format(path: Path, field: str | None) -> str:

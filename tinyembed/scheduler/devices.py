@@ -5,7 +5,9 @@ A `DevicePool` looks like an Engine to the scheduler (info, tokenizer, pack, emb
 with_dimensions) and says how many batches may compute at once (`workers`). Its compute
 executor has one thread per device, each thread bound to its device for life: a launched batch
 is picked up by whichever thread is free, so it runs on whichever device is free, and no device
-ever runs two batches at once (models sharing the devices share the threads).
+ever runs two batches at once (models sharing the devices share the threads). The
+per-request baseline runner (`--batching per-request`) has one compute thread: with a pool it
+uses the first device only.
 """
 
 from __future__ import annotations

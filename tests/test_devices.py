@@ -144,3 +144,11 @@ def test_the_server_loads_one_engine_per_device(two_gpus):
     config = ServerConfig(models=(ModelSource("tiny", TINY_MODEL),), device="cuda:0,cuda:1")
     [(source, engine)] = load_models(config)
     assert engine.info.device == "cuda:0,cuda:1" and [e.info.device for e in engine.engines] == ["cuda:0", "cuda:1"]
+
+
+@pytest.mark.parametrize("device", ["cuda:0,cuda:1", "cuda:all", "cuda:x"])
+def test_one_engine_refuses_a_device_list_with_a_clear_error(device):
+    from tinyembed.engine import make_ops
+
+    with pytest.raises(TinyEmbedError, match="one engine runs on one device|unknown device"):
+        make_ops(device)

@@ -91,10 +91,16 @@ def make_ops(device: str = "cpu", dtype: str | None = None, threads: int | None 
         from tinyembed.engine.ops_numpy import NumpyOps
 
         return NumpyOps(threads)
+    if "," in device or device == "cuda:all":
+        raise TinyEmbedError(f"--device {device}: one engine runs on one device; several GPUs are for "
+                             "`tinyembed serve` (and `tinyembed embed --ray`: one actor per GPU)")
     if device == "cuda" or device.startswith("cuda:"):
         from tinyembed.engine import ops_cuda
 
-        index = int(device.partition(":")[2] or 0)
+        index = device.partition(":")[2] or "0"
+        if not index.isdigit():
+            raise TinyEmbedError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto")
+        index = int(index)
         return ops_cuda.CudaOps(index, dtype or "float16")
     raise TinyEmbedError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto")
 

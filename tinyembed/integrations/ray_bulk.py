@@ -93,9 +93,10 @@ def run(args: argparse.Namespace) -> int:
             ray.init(address=address, runtime_env=env, log_to_driver=False, include_dashboard=False,
                      logging_level="WARNING")
         resources = ray.cluster_resources()
-        gpus = float(resources.get("GPU", 0)) if args.device in ("cuda", "auto") else 0.0
-        if args.device == "cuda" and not gpus:
-            raise BulkError("--device cuda: this Ray cluster has no GPU")
+        wants_gpu = args.device == "auto" or args.device.startswith("cuda")  # any GPU form: one per actor
+        gpus = float(resources.get("GPU", 0)) if wants_gpu else 0.0
+        if args.device != "auto" and wants_gpu and not gpus:
+            raise BulkError(f"--device {args.device}: this Ray cluster has no GPU")
         cpus = float(resources.get("CPU", 1))
         actors = args.actors or int(gpus or max(1, cpus))
         # Leave a CPU's worth for Ray's own tasks on a small cluster; GPU actors ask for one CPU.

@@ -1,7 +1,8 @@
 """The architecture, checked from the source: layers import only downward, the layers above the
 engine use only its public names, no import cycles, no file too long to read.
 
-Layers, bottom to top: common < engine < scheduler < server < jobs < the entry point (cli).
+Layers, bottom to top: common < engine < scheduler < server < jobs < integrations < the entry
+point (cli).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "tinyembed"
-LAYERS = {"common": 0, "engine": 1, "scheduler": 2, "server": 3, "jobs": 4}
-ENTRY_RANK = 5  # tinyembed/cli.py, bench_cli.py, __init__.py: the entry points
-PUBLIC_ENGINE_USERS = {"scheduler", "server", "jobs"}
+LAYERS = {"common": 0, "engine": 1, "scheduler": 2, "server": 3, "jobs": 4, "integrations": 5}
+ENTRY_RANK = 6  # tinyembed/cli.py, bench_cli.py, __init__.py: the entry points
+PUBLIC_ENGINE_USERS = {"scheduler", "server", "jobs", "integrations"}
 MAX_LINES = 600
 
 
@@ -134,6 +135,10 @@ def write_tree(root: Path, files: dict[str, str]) -> Path:
     ({"scheduler/q.py": "from ..jobs import store\n", "jobs/store.py": ""}, "scheduler imports upward into jobs"),
     ({"server/app.py": "def f():\n    from tinyembed.jobs.routes import register\n"}, "server imports upward into jobs"),
     ({"jobs/bulk.py": "import tinyembed.cli\n", "cli.py": ""}, "imports the entry point"),
+    ({"jobs/bulk.py": "from tinyembed.integrations import ray\n", "integrations/ray.py": ""},
+     "jobs imports upward into integrations"),
+    ({"integrations/ray.py": "from tinyembed.engine.backend import Engine\n", "engine/backend.py": ""},
+     "engine internals"),
     ({"server/app.py": "from tinyembed.engine.model import truncate\n", "engine/model.py": ""}, "engine internals"),
     ({"engine/a.py": "from tinyembed.engine import b\n", "engine/b.py": "from . import a\n"}, "import cycle"),
 ])

@@ -101,7 +101,7 @@ def test_random_load_keeps_every_invariant(seed):
                 await asyncio.sleep(0)
             if rng.random() < 0.2 and not task.done():
                 lane = scheduler._lanes[fake]
-                running = lane.computing.sequences() if lane.computing else []
+                running = [s for batch in lane.computing for s in batch.sequences()]
                 allowed[i] = {s.tobytes() for s in running} | set(fake.computed)  # launched by now
                 task.cancel()
             try:

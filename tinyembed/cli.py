@@ -30,7 +30,7 @@ TRUE = ("1", "true", "yes", "on")
 SERVE_OPTIONS = {
     "--host": (str, "bind address"),
     "--port": (int, "TCP port, 0 for any free port"),
-    "--device": (str, "cpu | cuda | cuda:N | auto"),
+    "--device": (str, "cpu | cuda | cuda:N | auto, or several GPUs: cuda:0,cuda:1 | cuda:all"),
     "--dtype": (str, "float16 | bfloat16 | float32, GPU only; unset: float16 on a GPU"),
     "--threads": (int, "CPU compute threads; unset: the engine's choice"),
     "--tokenizer-threads": (int, "threads that tokenize requests"),
@@ -296,6 +296,7 @@ def embed(args) -> int:
     if args.output is not None:
         from tinyembed.jobs import bulk
 
+        args.ray_runner = _ray_bulk  # the Ray layer sits above jobs: the entry point hands it in
         return bulk.run(args)
     from tinyembed.engine import load_engine
 
@@ -305,6 +306,12 @@ def embed(args) -> int:
     for i, (seq, vector) in enumerate(zip(sequences, vectors)):
         print(msgspec.json.encode({"index": i, "tokens": len(seq), "embedding": vector.tolist()}).decode())
     return 0
+
+
+def _ray_bulk(args) -> int:
+    from tinyembed.integrations import ray_bulk
+
+    return ray_bulk.run(args)
 
 
 def tokenize(args) -> int:

@@ -131,12 +131,39 @@ def make_ops(device: str = "cpu", dtype: str | None = None, threads: int | None 
         from tinyembed.engine.ops_c import make_cpu_ops
 
         return make_cpu_ops(threads)  # C kernels when they build, else numpy (logged)
+    if "," in device or device == "cuda:all":
+        raise TinyEmbedError(f"--device {device}: one engine runs on one device; several GPUs are for "
+                             "`tinyembed serve` (and `tinyembed embed --ray`: one actor per GPU)")
     if device == "cuda" or device.startswith("cuda:"):
         from tinyembed.engine import ops_cuda
 
-        index = int(device.partition(":")[2] or 0)
+        index = device.partition(":")[2] or "0"
+        if not index.isdigit():
+            raise TinyEmbedError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto")
+        index = int(index)
         return ops_cuda.CudaOps(index, dtype or "float16")
     raise TinyEmbedError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto")
+
+
+def expand_devices(device: str) -> list[str]:
+    """A --device value -> the devices it names: "cuda:0,cuda:1" -> both, "cuda:all" -> every GPU
+    CuPy sees, anything else -> itself (make_ops checks it)."""
+    if device == "cuda:all":
+        from tinyembed.engine import ops_cuda
+
+        count = ops_cuda.device_count()
+        if count == 0:
+            raise TinyEmbedError(f"--device cuda:all: {ops_cuda.unavailable_reason() or 'no CUDA device'}")
+        return [f"cuda:{i}" for i in range(count)]
+    devices = [d.strip() for d in device.split(",")]
+    if len(devices) > 1:
+        if any(not (d == "cuda" or d.startswith("cuda:")) for d in devices):
+            raise TinyEmbedError(f"--device {device}: a list names GPUs only, e.g. cuda:0,cuda:1")
+        indices = [d.partition(":")[2] or "0" for d in devices]
+        if len(set(indices)) != len(indices):
+            raise TinyEmbedError(f"--device {device}: a device is named twice")
+        return [f"cuda:{i}" for i in indices]
+    return devices
 
 
 def load_engine(model: str = registry.DEFAULT_MODEL, name: str | None = None, device: str = "cpu",

@@ -80,6 +80,13 @@ def unavailable_reason() -> str | None:
     return None if count > 0 else "CuPy sees no CUDA device (device count is 0)"
 
 
+def device_count() -> int:
+    """How many CUDA devices CuPy sees (0 without CuPy or a driver). Never raises."""
+    if unavailable_reason() is not None:
+        return 0
+    return int(_cp().cuda.runtime.getDeviceCount())
+
+
 def available() -> bool:
     """True when CuPy is importable and a CUDA device is visible (used by --device auto)."""
     try:

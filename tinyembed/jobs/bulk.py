@@ -18,20 +18,14 @@ import argparse
 import json
 import os
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
-from pathlib import Path
 
-import numpy as np
-from msgspec import Raw
-
-from tinyembed.jobs import format as fmt
-from tinyembed.jobs.bulk_io import (INPUT_FORMATS, OUTPUT_FORMATS, BatchWriter, BulkError, JsonlWriter, NpyWriter, Record,
-                      count_rows, detect_input_format, detect_output_format, fingerprint,
+from tinyembed.jobs.bulk_chunk import ChunkEmbedder
+from tinyembed.jobs.progress import Progress
+from tinyembed.jobs.bulk_io import (INPUT_FORMATS, OUTPUT_FORMATS, BatchWriter, BulkError, JobFiles, JsonlWriter, NpyWriter,
+                      count_rows, fingerprint,
                       read_records)
-from tinyembed.server.config import RequestLimits
-from tinyembed.server.protocol import ApiError, EmbeddingRequest
 
 WRITERS = {"npy": NpyWriter, "jsonl": JsonlWriter, "batch": BatchWriter}
 INTERRUPTED = 130  # the shell's code for "stopped by SIGINT"
@@ -52,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-tokens", type=int, default=16384, help="tokens per forward pass")
     parser.add_argument("--restart", action="store_true", help="discard a previous unfinished run's progress")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, even on a terminal")
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="embed the blocks on Ray actors (needs the `ray` extra); ADDRESS: a cluster "
+                             "(host:port or ray://host:10001), default RAY_ADDRESS or a local one. Finished blocks "
+                             "are kept in OUTPUT.parts/: rerun the same command after a crash to embed only the rest")
+    parser.add_argument("--actors", type=int, default=None,
+                        help="with --ray: how many actors (default one per GPU of the cluster, else one per CPU)")
 
 
 def run(args: argparse.Namespace, engine=None) -> int:
@@ -59,6 +59,10 @@ def run(args: argparse.Namespace, engine=None) -> int:
         print("tinyembed embed: error: with -o, give exactly one INPUT file", file=sys.stderr)
         return 2
     try:
+        if args.actors is not None and args.ray is None:
+            raise BulkError("--actors goes with --ray")
+        if args.ray is not None or _parquet_output(args):  # block runs: jobs/bulk_blocks.py
+            return _block_run(args, engine)
         job = BulkJob(args, engine)
         return job.run()
     except BulkError as exc:
@@ -69,22 +73,30 @@ def run(args: argparse.Namespace, engine=None) -> int:
         return INTERRUPTED
 
 
+def _parquet_output(args: argparse.Namespace) -> bool:
+    return args.output_format == "parquet" or (args.output_format == "auto" and args.output.endswith(".parquet"))
+
+
+def _block_run(args: argparse.Namespace, engine) -> int:
+    if args.actors is not None and args.actors < 1:
+        raise BulkError("--actors must be at least 1")
+    if args.ray is None:
+        from tinyembed.jobs.bulk_blocks import run_local
+
+        return run_local(args, engine)
+    try:
+        import ray  # noqa: F401 - only to say clearly when it is missing
+    except ImportError:
+        raise BulkError("--ray needs Ray: pip install 'tinyembed[ray]'") from None
+    return args.ray_runner(args)
+
+
 class BulkJob:
     def __init__(self, args: argparse.Namespace, engine=None):
         self.args = args
-        self.input = Path(args.texts[0])
-        self.output = Path(args.output)
-        if not self.input.is_file():
-            raise BulkError(f"{self.input}: no such file")
-        if not self.output.parent.is_dir():
-            raise BulkError(f"{self.output.parent}: no such folder for the output")
-        if args.chunk_size < 1 or args.batch_tokens < 1:
-            raise BulkError("--chunk-size and --batch-tokens must be at least 1")
-        self.input_format = (detect_input_format(self.input, args.field) if args.input_format == "auto"
-                             else args.input_format)
-        self.output_format = (detect_output_format(self.output, self.input_format) if args.output_format == "auto"
-                              else args.output_format)
-        self.field = args.field or "text"
+        files = JobFiles.from_args(args)
+        self.input, self.output, self.field = files.input, files.output, files.field
+        self.input_format, self.output_format = files.input_format, files.output_format
         self.partial = self.output.with_name(self.output.name + ".partial")
         self.progress = self.output.with_name(self.output.name + ".progress")
         if engine is None:
@@ -92,7 +104,6 @@ class BulkJob:
 
             engine = load_engine(args.model, device=args.device, dtype=args.dtype)
         self.engine = engine
-        self.limits = RequestLimits()
 
     def _records(self):
         return read_records(self.input, self.input_format, self.field, self.args.id_field)
@@ -136,7 +147,7 @@ class BulkJob:
     # -- the run ----------------------------------------------------------------------------------------
     def run(self) -> int:
         stamp = fingerprint(self.input, self.options())
-        self.tag = "bulk" + stamp[:12]
+        self.work = ChunkEmbedder(self.engine, self.args, self.output_format, "bulk" + stamp[:12])
         total_records = sum(1 for _ in self._records())
         rows = count_rows(self._records(), self.input_format) if self.output_format == "npy" else 0
         done, offset, rows_done = self._resume_point(stamp)
@@ -154,13 +165,13 @@ class BulkJob:
         pool = ThreadPoolExecutor(1, thread_name_prefix="tinyembed-bulk-prepare")
         try:
             chunks = iter(lambda: list(islice(records, self.args.chunk_size)), [])
-            upcoming = pool.submit(self._prepare, next(chunks, []))
+            upcoming = pool.submit(self.work.prepare, next(chunks, []))
             while True:
                 chunk, items = upcoming.result()
                 if not chunk:
                     break
-                upcoming = pool.submit(self._prepare, next(chunks, []))  # tokenized while this one computes
-                written_rows, tokens = self._compute_and_write(writer, chunk, items)
+                upcoming = pool.submit(self.work.prepare, next(chunks, []))  # tokenized while this one computes
+                written_rows, tokens = self.work.compute_and_write(writer, chunk, items)
                 writer.sync()
                 done, rows_done = done + len(chunk), rows_done + written_rows
                 self._record_progress(done, writer.offset(), rows_done)
@@ -177,103 +188,3 @@ class BulkJob:
         self.progress.unlink(missing_ok=True)
         bar.finish()
         return 0
-
-    def _prepare(self, chunk: list[Record]) -> tuple[list[Record], list[fmt.LineRequest]]:
-        """Worker thread: a chunk's records -> validated, tokenized requests (errors on the item)."""
-        items = []
-        for record in chunk:
-            if record.raw is None:
-                item = fmt.LineRequest(record.line, record.id or f"line-{record.line}", request=self._plain_request(),
-                                       engine=self.engine, texts=[record.text], truncate=self.args.truncate)
-            else:
-                item = fmt.LineRequest(record.line, record.id)
-                try:
-                    parsed = fmt.parse_line(record.raw, record.line)
-                except fmt.LineError as exc:
-                    item.error = exc
-                    items.append(item)
-                    continue
-                fmt.validate_body(item, bytes(parsed.body), lambda model: self.engine, self.limits.max_inputs,
-                                  self.args.truncate)
-                if item.error is None and self.args.input_type and item.request.input_type is None:
-                    item.request.input_type = self.args.input_type
-                if item.error is None and self.args.prompt_name and item.request.prompt_name is None:
-                    item.request.prompt_name = self.args.prompt_name
-            items.append(item)
-        fmt.tokenize(items, self.limits.max_tokens_per_request)
-        return chunk, items
-
-    def _plain_request(self) -> EmbeddingRequest:
-        if not hasattr(self, "_plain"):
-            self._plain = EmbeddingRequest(model=self.args.model, input=Raw(b'""'), dimensions=self.args.dimensions,
-                                           input_type=self.args.input_type, prompt_name=self.args.prompt_name)
-        return self._plain
-
-    def _compute_and_write(self, writer, chunk: list[Record], items: list[fmt.LineRequest]) -> tuple[int, int]:
-        """Embed a chunk's valid items and append them; -> (rows written, tokens embedded)."""
-        failed = [item for item in items if item.error is not None]
-        if failed and self.output_format != "batch":
-            item = failed[0]
-            raise BulkError(f"line {item.line}: {getattr(item.error, 'message', item.error)} (write -o FILE.jsonl "
-                            "--output-format batch to keep going past bad lines)")
-        sequences = [s for item in items if item.error is None for s in item.sequences]
-        vectors = self.engine.embed_sequences(sequences, max_batch_tokens=self.args.batch_tokens)
-        per_item, at = [], 0
-        for item in items:
-            n = 0 if item.error is not None else len(item.sequences)
-            per_item.append(vectors[at:at + n] if n else None)
-            at += n
-        writer.write(self, chunk, items, per_item)
-        return at, sum(item.tokens for item in items if item.error is None)
-
-    def output_line(self, item: fmt.LineRequest, vectors: np.ndarray | None) -> bytes:
-        """The OpenAI batch output line of one record."""
-        if isinstance(item.error, fmt.LineError):
-            return fmt.failed_line(self.tag, item.line, item.custom_id, item.error.code, item.error.message)
-        if isinstance(item.error, ApiError):
-            return fmt.refused_line(self.tag, item.line, item.custom_id, item.error)
-        return fmt.ok_line(self.tag, item.line, item.custom_id, fmt.response_body(item, vectors, "default"))
-
-
-class Progress:
-    """`[#####.....]  45.1%  4,510/10,000  1,234 texts/s  15,678 tok/s  ETA 0:00:04` on a terminal."""
-
-    WIDTH = 24
-
-    def __init__(self, total: int, done: int, enabled: bool):
-        self.total, self.done, self.enabled = total, done, enabled
-        self.start_done, self.started, self.tokens = done, time.monotonic(), 0
-        self.drawn = False
-        if enabled:
-            self._draw()
-
-    def update(self, records: int, tokens: int) -> None:
-        self.done += records
-        self.tokens += tokens
-        if self.enabled:
-            self._draw()
-
-    def _draw(self) -> None:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = (self.done - self.start_done) / elapsed
-        share = self.done / self.total if self.total else 1.0
-        eta = (self.total - self.done) / rate if rate > 0 else None
-        filled = int(share * self.WIDTH)
-        text = (f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] {share:6.1%}  {self.done:,}/{self.total:,}  "
-                f"{rate:,.0f} texts/s  {self.tokens / elapsed:,.0f} tok/s  ETA {_clock(eta)}")
-        sys.stderr.write(text)
-        sys.stderr.flush()
-        self.drawn = True
-
-    def finish(self) -> None:
-        if self.drawn:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-            self.drawn = False
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--:--"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

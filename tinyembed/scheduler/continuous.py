@@ -6,8 +6,9 @@ thread per device, the event loop never blocked.
             back to each request on the loop; a request's future resolves when all its
             sequences are in.
 
-Per model (one `_Lane` per engine): its queues, at most one batch computing and at most one
-batch staged behind it. Models on the same device share one compute thread. The staged batch
+Per model (one `_Lane` per engine): its queues, at most one batch computing per device (one;
+several for a DevicePool, scheduler/devices.py) and at most one batch staged behind them.
+Models on the same device share its compute thread. The staged batch
 is formed (and, once it is large, packed) on the loop while the current one computes, and
 launched the moment the compute thread is free (pipelining). It is not final until launched:
 an arrival that still fits is added to it; a better-tier arrival, or the cancellation of one
@@ -47,6 +48,7 @@ import numpy as np
 
 from tinyembed.common.metrics import LATENCY_BUCKETS, Registry
 from tinyembed.scheduler.budget import BatchBudget
+from tinyembed.scheduler.devices import compute_executor
 from tinyembed.scheduler.runner import DeadlineExceeded, Overloaded
 from tinyembed.scheduler.queues import PRIORITY, TIER_RANK, TIERS, FormedBatch, Request, TierQueues
 
@@ -165,8 +167,7 @@ class Scheduler:
             device = str(getattr(engine.info, "device", "cpu"))
             executor = self._executors.get(device)
             if executor is None:  # one compute thread per device, shared by its models
-                executor = self._executors[device] = ThreadPoolExecutor(
-                    1, thread_name_prefix=f"tinyembed-compute-{device}")
+                executor = self._executors[device] = compute_executor(engine)
             lane = self._lanes[engine] = _Lane(self, engine, executor)
         return lane
 
@@ -186,7 +187,8 @@ class _Lane:
         self.budget = BatchBudget(scheduler.max_batch_tokens, scheduler.max_batch_latency)
         self.queues.set_budget(self.budget.tokens)
         self.max_tokens = scheduler.max_queue_tokens
-        self.computing: FormedBatch | None = None
+        self.workers = getattr(engine, "workers", 1)  # devices: batches that may compute at once
+        self.computing: list[FormedBatch] = []
         self.staged: FormedBatch | None = None
         self.peak_unfinished_tokens = 0
         self.drain_rate = 0.0  # tokens/s, EWMA over batches
@@ -197,7 +199,7 @@ class _Lane:
     @property
     def unfinished_tokens(self) -> int:
         """Admitted and not finished: queued (staged included) + computing."""
-        return self.queues.total_tokens + (self.computing.tokens if self.computing else 0)
+        return self.queues.total_tokens + sum(batch.tokens for batch in self.computing)
 
     # -- admission -----------------------------------------------------------------------------
     def admit(self, req: Request) -> None:
@@ -206,7 +208,7 @@ class _Lane:
             self.stats.rejected.inc(self.name, "queue_full")
             raise Overloaded(self.retry_after(req.tokens))
         req.future = self.loop.create_future()
-        req.seen_batch = self.queues.batches_launched - (1 if self.computing is not None else 0)
+        req.seen_batch = self.queues.batches_launched - len(self.computing)
         if req.deadline is not None:
             req.timer = self.loop.call_later(max(0.0, req.deadline - time.monotonic()), self.expire, req)
         self.queues.add(req)
@@ -265,20 +267,21 @@ class _Lane:
     def step(self) -> None:
         self.kick_pending = False
         self.purge_staged()
-        if self.computing is None:
+        while len(self.computing) < self.workers:
             batch, self.staged = self.staged, None
             if batch is None:
                 batch = self.form()
-            if batch is not None:
-                self.launch(batch)
-        if self.computing is not None and self.staged is None:
+            if batch is None:
+                break
+            self.launch(batch)
+        if self.computing and self.staged is None:
             self.staged = self.form()  # pipelining: ready before the compute thread is free
         staged = self.staged
         if staged is not None and staged.packed is None and 2 * staged.tokens >= staged.lower_limit:
             # pack now, off the critical path; a small batch that may still grow by top-ups is
             # packed on the compute thread at launch instead (cheap), not after every arrival
             staged.packed = self.engine.pack(staged.sequences())
-        if self.computing is None and self.staged is None and not self.queues.has_work():
+        if not self.computing and self.staged is None and not self.queues.has_work():
             self.idle.set()
 
     def form(self) -> FormedBatch | None:
@@ -317,13 +320,13 @@ class _Lane:
             if req.queued_seqs == 0:  # its last batch
                 req.batches_waited = number - 1 - req.seen_batch
                 req.last_launch = now
-        self.computing = batch
+        self.computing.append(batch)
         work = batch.packed if batch.packed is not None else batch.sequences()  # small: packed there
         future = self.loop.run_in_executor(self.executor, _compute, self.engine, work)
         future.add_done_callback(partial(self.finished, batch))
 
     def finished(self, batch: FormedBatch, future: asyncio.Future) -> None:
-        self.computing = None
+        self.computing.remove(batch)
         try:
             vectors, started, ended = future.result()
         except BaseException as exc:  # noqa: BLE001 - a compute failure fails its requests
@@ -402,7 +405,7 @@ class _Lane:
             "unfinished_tokens": self.unfinished_tokens,
             "peak_unfinished_tokens": self.peak_unfinished_tokens,
             "max_queue_tokens": self.max_tokens,
-            "computing_tokens": self.computing.tokens if self.computing else 0,
+            "computing_tokens": sum(batch.tokens for batch in self.computing),
             "batches": q.batches_launched,
             "drain_tokens_per_second": self.drain_rate,
             "batch_budget_tokens": self.budget.tokens,

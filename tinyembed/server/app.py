@@ -22,7 +22,7 @@ from tinyembed.server.auth import ApiKeys
 from tinyembed.server.limits import echo
 from tinyembed.server.memory import MemoryReturner
 from tinyembed.server.config import ModelSource, ServerConfig
-from tinyembed.engine import Engine, load_engine
+from tinyembed.engine import Engine
 from tinyembed.common.errors import InputError, TinyEmbedError
 from tinyembed.server.http import Request, Response, Server, error_response
 from tinyembed.common.metrics import TOKEN_BUCKETS, Registry
@@ -32,6 +32,7 @@ from tinyembed.server.protocol import (ApiError, EmbeddingRequest, ModelCard, Mo
 from tinyembed.server.ratelimit import RateLimited, RateLimiter
 from tinyembed.scheduler.runner import DeadlineExceeded, DirectRunner, Overloaded, Runner
 from tinyembed.scheduler.continuous import Scheduler
+from tinyembed.scheduler.devices import load_on_devices
 
 log = logging.getLogger("tinyembed")
 access_log = logging.getLogger("tinyembed.access")
@@ -64,8 +65,8 @@ class Context:
 
 def load_models(config: ServerConfig) -> list[tuple[ModelSource, Engine]]:
     """Blocking: load every configured model (called on a worker thread)."""
-    return [(source, load_engine(source.path, name=source.name, device=config.device, dtype=config.dtype,
-                                 threads=config.threads)) for source in config.models]
+    return [(source, load_on_devices(source.path, source.name, config.device, config.dtype, config.threads))
+            for source in config.models]
 
 
 def make_runner(config: ServerConfig) -> Runner:

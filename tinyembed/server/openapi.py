@@ -14,7 +14,8 @@ from tinyembed.server.protocol import (INPUT_SHAPES, REQUEST_TYPES, RESPONSE_TYP
 
 REF = "#/components/schemas/{name}"
 
-# route -> method -> (summary, request type or None, response type or None (text), error statuses)
+# route -> method -> (summary, request type or None, response type or a non-JSON media type or None
+#                    (text/plain), error statuses)
 OPERATIONS = {
     "/v1/embeddings": {"post": ("Create embeddings (OpenAI-compatible)", EmbeddingRequest, EmbeddingResponse,
                                 (400, 401, 404, 408, 413, 415, 429, 503))},
@@ -29,6 +30,7 @@ OPERATIONS = {
                        Status, (503,))},
     "/metrics": {"get": ("Prometheus metrics (text format 0.0.4)", None, None, ())},
     "/openapi.json": {"get": ("This document", None, None, ())},
+    "/docs": {"get": ("A page to read the routes and try embeddings in a browser", None, "text/html", ())},
     # The Files and Batches API (jobs/routes.py, on when --data-dir is set): OpenAI's shapes.
     "/v1/files": {"get": ("List uploaded files", None, dict, (401,)),
                   "post": ("Upload a JSONL batch file (multipart/form-data: file, purpose=batch)", None, dict,
@@ -55,7 +57,10 @@ def _json(schema: dict) -> dict:
 
 
 def _operation(summary: str, request, response, errors) -> dict:
-    ok = {"description": "OK", **(_json(_ref(response)) if response else {"content": {"text/plain": {}}})}
+    if response is None or isinstance(response, str):  # a media type: not JSON
+        ok = {"description": "OK", "content": {response or "text/plain": {}}}
+    else:
+        ok = {"description": "OK", **_json(_ref(response))}
     op = {"summary": summary, "responses": {"200": ok}}
     for status in errors:
         op["responses"][str(status)] = {"description": "Error", **_json(_ref_error())}

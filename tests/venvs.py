@@ -25,10 +25,10 @@ BUILD_TIMEOUT_S = 900  # pip resolving + downloading chromadb on a 2-core machin
 
 # The examples talk to tinyembed over HTTP only: tinyembed itself is not installed in these.
 FRAMEWORKS: dict[str, list[str]] = {
-    "chroma": ["chromadb>=1.0,<2"],
+    "chroma": ["chromadb>=1.0,<2", "openai>=1.40"],
     "langchain": ["langchain-openai>=0.3,<2"],
     "llamaindex": ["llama-index-embeddings-openai>=0.3,<1", "llama-index-core>=0.12,<1"],
-    "milvus": ["pymilvus>=2.5,<4", "milvus-lite>=2.5", "numpy>=1.24"],
+    "milvus": ["pymilvus>=2.5,<4", "milvus-lite>=2.5", "numpy>=1.24", "openai>=1.40"],
 }
 
 

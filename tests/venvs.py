@@ -7,7 +7,7 @@ an interrupted build is redone. They live outside the checkout, in $TINYEMBED_VE
 ~/.cache/tinyembed/venvs, so every worktree and checkout on a machine shares one build (a lock
 file keeps two test runs from building the same venv at once).
 
-    python tests/venvs.py            # build every venv (CI does this once, timed, before pytest)
+    python tests/venvs.py            # build every venv, concurrently (CI: once, timed, before pytest)
     python tests/venvs.py chroma     # build one
 """
 
@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 VENV_ROOT = Path(os.environ.get("TINYEMBED_VENV_DIR") or
@@ -81,12 +82,20 @@ def _create(name: str, venv: Path) -> None:
     (venv / ".complete").write_text("\n".join(FRAMEWORKS[name]) + "\n")
 
 
+def _timed_build(name: str) -> str:
+    started = time.monotonic()
+    cached = (venv_dir(name) / ".complete").exists()
+    build(name)
+    return f"venv {name}: {'cached' if cached else 'built'} in {time.monotonic() - started:.1f}s"
+
+
 def main(names: list[str]) -> None:
-    for name in names or list(FRAMEWORKS):
-        started = time.monotonic()
-        cached = (venv_dir(name) / ".complete").exists()
-        build(name)
-        print(f"venv {name}: {'cached' if cached else 'built'} in {time.monotonic() - started:.1f}s", flush=True)
+    # Concurrently: pip spends most of its time downloading and unpacking, not on the CPU.
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(FRAMEWORKS)) as pool:
+        for line in pool.map(_timed_build, names or list(FRAMEWORKS)):
+            print(line, flush=True)
+    print(f"venvs: {time.monotonic() - started:.1f}s in all", flush=True)
 
 
 if __name__ == "__main__":

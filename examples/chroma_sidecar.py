@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--chroma-port", type=int, default=8001)
     parser.add_argument("--collection", default="stdlib-docs")
     parser.add_argument("-k", type=int, default=2, help="results per query")
+    parser.add_argument("--vectors", action="store_true", help="also print the vectors Chroma stored, text -> vector")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("CHROMA_OPENAI_API_KEY", "unused")  # tinyembed without --api-key ignores it
@@ -57,6 +58,10 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"count": collection.count(),
               "results": {q: [{"id": i, "distance": round(d, 4)} for i, d in zip(ids, dists)]
                           for q, ids, dists in zip(args.queries, found["ids"], found["distances"])}}
+    if args.vectors:
+        stored = collection.get(include=["documents", "embeddings"])
+        result["vectors"] = {doc: [float(x) for x in vector] for doc, vector in zip(stored["documents"],
+                                                                                   stored["embeddings"])}
     print(json.dumps(result, indent=2))
     return result
 

@@ -25,14 +25,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tinyembed", default="http://127.0.0.1:8000", help="tinyembed's base URL")
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument("--api-key", default="unused", help="tinyembed's key, if it was started with one")
+    parser.add_argument("--vectors", action="store_true", help="also print the vectors, text -> vector")
     args = parser.parse_args(argv)
 
     embeddings = OpenAIEmbeddings(model=args.model, base_url=args.tinyembed.rstrip("/") + "/v1", api_key=args.api_key,
                                   check_embedding_ctx_length=False)
-    documents = embeddings.embed_documents(["tinyembed serves text embeddings.", "Chroma stores vectors."])
-    query = embeddings.embed_query("Which program computes embeddings?")
+    texts, question = ["tinyembed serves text embeddings.", "Chroma stores vectors."], "Which program computes embeddings?"
+    documents = embeddings.embed_documents(texts)
+    query = embeddings.embed_query(question)
     scores = [sum(q * d for q, d in zip(query, doc)) for doc in documents]  # unit vectors: dot = cosine
     result = {"dimensions": len(query), "documents": len(documents), "scores": [round(s, 4) for s in scores]}
+    if args.vectors:
+        result["vectors"] = {**dict(zip(texts, documents)), question: query}
     print(json.dumps(result))
     return result
 

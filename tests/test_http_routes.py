@@ -79,7 +79,7 @@ def test_openapi_describes_every_route_from_the_structs(server):
     doc = server.request("GET", "/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     assert set(doc["paths"]) == {"/v1/embeddings", "/embeddings", "/v1/models", "/v1/models/{id}", "/tokenize",
-                                 "/health", "/ready", "/metrics", "/openapi.json"}
+                                 "/health", "/ready", "/metrics", "/openapi.json", "/docs"}
     request = doc["components"]["schemas"]["EmbeddingRequest"]
     assert set(request["properties"]) == set(EmbeddingRequest.__struct_fields__)
     assert request["additionalProperties"] is False and set(request["required"]) == {"model", "input"}
@@ -104,7 +104,7 @@ def test_auth_required_except_probes(guarded_server):
         assert reply.headers["www-authenticate"] == "Bearer"
     assert guarded_server.request("GET", "/v1/models").status == 401
     assert guarded_server.request("POST", "/tokenize", {"input": "x"}).status == 401
-    for path in ("/health", "/ready", "/metrics", "/openapi.json"):
+    for path in ("/health", "/ready", "/metrics", "/openapi.json", "/docs"):
         assert guarded_server.request("GET", path).status == 200, path
     ok = guarded_server.request("POST", "/v1/embeddings", {"model": "tiny", "input": "x"},
                                 {"Authorization": "bearer k-main-secret"})

@@ -14,6 +14,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import resources
 from urllib.parse import unquote
 
 from tinyembed.server import openapi
@@ -39,6 +40,8 @@ access_log = logging.getLogger("tinyembed.access")
 
 JSON_TYPES = ("application/json",)
 ENCODE_OFF_LOOP = 65536  # floats; bigger responses are encoded on a worker thread
+# /docs: a static page (routes, a box to try embeddings, a similarity matrix) that calls the API from the browser
+DOCS_PAGE = resources.files("tinyembed.server").joinpath("docs_page.html").read_bytes()
 
 
 @dataclass
@@ -99,8 +102,9 @@ class App:
             "/ready": {"GET": self.readiness},
             "/metrics": {"GET": self.metrics},
             "/openapi.json": {"GET": self.openapi},
+            "/docs": {"GET": self.docs_page},
         }
-        self.open_routes = {"/health", "/ready", "/metrics", "/openapi.json"}  # no key needed
+        self.open_routes = {"/health", "/ready", "/metrics", "/openapi.json", "/docs"}  # no key needed
         # Route groups from the layers above the server (the Files/Batches API): the entry point
         # hands in `mount(app) -> group | None`; a group adds its routes to app.routes and has
         # match(path), raw_body_routes, start() and async stop().
@@ -333,6 +337,9 @@ class App:
             self._openapi = (self.ready, openapi.document(list(self.routes), openapi.served_from(self),
                                                           openapi.operations_of(self.groups)))
         return Response(200, self._openapi[1])
+
+    async def docs_page(self, request: Request, ctx: Context) -> Response:
+        return Response(200, DOCS_PAGE, content_type="text/html; charset=utf-8")
 
     # -- logging -------------------------------------------------------------------------------------
     def _log_access(self, request: Request, response: Response, ctx: Context, elapsed: float) -> None:

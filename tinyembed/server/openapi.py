@@ -55,6 +55,7 @@ OPERATIONS = {
                                 Status)},
     "/metrics": {"get": Operation("Prometheus metrics (text format 0.0.4)", content="text/plain")},
     "/openapi.json": {"get": Operation("This document", None, {"type": "object"})},
+    "/docs": {"get": Operation("A page to read the routes and try embeddings in a browser", content="text/html")},
 }
 
 

@@ -117,7 +117,7 @@ def test_summary_flags_failures_and_skipped_gpu_tests():
     parts = [{"part": name, "exit": 0, "skipped": False, "seconds": 1.0, "limit_s": 60}
              for name in ("env", "nvrtc", "pytest", "serve", "bench")]
     junit = {"collected": 10, "passed": 7, "failed": 0, "errors": 0, "skipped": 3,
-             "files": {"tests/test_ops_cuda.py": {}, "tests/test_model_cuda.py": {}, "tests/test_cuda_graphs.py": {}}}
+             "files": {f"tests/{f.name}": {} for f in Path(__file__).parent.glob("test_*cuda*.py")}}  # all marked
     assert summarize(parts, junit, {"ok": True, "servers": []}, None, "smoke")["ok"]
     on_gpu = summarize(parts, junit, {"ok": True, "servers": []}, None, "gpu")
     assert not on_gpu["ok"] and "3 gpu tests skipped on a GPU machine" in on_gpu["problems"][0]

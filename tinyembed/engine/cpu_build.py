@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import importlib.util
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+from tinyembed.engine.kernel_paths import candidate_folders
 
 FLAGS = ("-std=c99", "-O3", "-march=native", "-shared", "-fPIC")
 BUILD_TIMEOUT_S = 120
@@ -34,13 +35,7 @@ class CpuBuildError(RuntimeError):
 def kernel_dir() -> Path:
     """The source checkout's kernels/cpu/ when present (edits take effect), else the installed
     `tinyembed.kernels` package's cpu/ folder (wheel)."""
-    candidates = [Path(__file__).resolve().parents[2] / "kernels" / "cpu"]
-    try:
-        spec = importlib.util.find_spec("tinyembed.kernels")
-        if spec is not None and spec.submodule_search_locations:
-            candidates += [Path(p) / "cpu" for p in spec.submodule_search_locations]
-    except (ImportError, ValueError):
-        pass
+    candidates = candidate_folders("cpu")
     for path in candidates:
         if any(path.glob("*.c")):
             return path

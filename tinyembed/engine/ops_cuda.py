@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyembed.common.errors import TinyEmbedError
+from tinyembed.engine.kernel_paths import candidate_folders
 from tinyembed.engine.ops_cuda_decoder import DECODER_KERNELS, CudaDecoderOps
 
 DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}  # -> TE_DTYPE in kernels/cuda/common.cuh
@@ -96,17 +97,8 @@ def available() -> bool:
 
 
 def kernel_dir() -> Path:
-    """Where the .cu files are: the installed `tinyembed.kernels` package's cuda/ folder (wheel or
-    editable install), else the source checkout's kernels/cuda/."""
-    candidates = []
-    try:
-        spec = importlib.util.find_spec("tinyembed.kernels")
-        if spec is not None and spec.submodule_search_locations:
-            candidates += [Path(p) / "cuda" for p in spec.submodule_search_locations]
-    except (ImportError, ValueError):
-        pass
-    checkout = Path(__file__).resolve().parents[2]
-    candidates += [checkout / "kernels" / "cuda"]
+    """Where the .cu files are: kernels/cuda/ in the checkout or the installed package."""
+    candidates = candidate_folders("cuda")
     for path in candidates:
         if all((path / name).is_file() for name in KERNEL_FILES):
             return path

@@ -108,6 +108,22 @@ extern "C" __global__ void attention_naive(const T* __restrict__ qkv, const int*
 #define TC_THREADS (TC_WARPS * 32)
 #define TC_PAD 8        // elements of padding per shared-memory row
 
+#ifdef TE_CUDA_EMULATOR
+// The CPU emulator's C++ twins of the PTX below (kernels/cuda/emulate/emu_warp.h), from the same
+// fragment tables.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+    te::cp_async(dst, src, 16, valid ? 16 : 0, __FILE__, __LINE__);
+}
+__device__ __forceinline__ void cp_async_commit() { te::cp_async_commit(); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { te::cp_async_wait(N); }
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) { te::ldmatrix(r, 4, false, p, __FILE__, __LINE__); }
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void* p) { te::ldmatrix(r, 4, true, p, __FILE__, __LINE__); }
+__device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    const unsigned b[2] = {b0, b1};
+    te::mma_16816<TE_DTYPE == 2>(c, a, b, __FILE__, __LINE__);
+}
+#else
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
     return (unsigned)__cvta_generic_to_shared(p);
 }
@@ -157,6 +173,8 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned (&a)[4],
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #endif
 }
+
+#endif  // TE_CUDA_EMULATOR
 
 // Two floats -> two T in one 32-bit register, the first in the low half (the lower column).
 __device__ __forceinline__ unsigned pack2(float lo, float hi) {

@@ -18,9 +18,9 @@ import os
 import numpy as np
 import pytest
 
-from tinyembed.engine import cpu_build
-from tinyembed.engine.ops_c import COps, SIGNATURES, NAIVE
-from tinyembed.engine.ops_numpy import NumpyOps
+from tinyembed.engine.build import cpu_compile as cpu_build
+from tinyembed.engine.ops.c_ops import COps, SIGNATURES, NAIVE
+from tinyembed.engine.ops.numpy_ops import NumpyOps
 
 from test_ops_numpy import _attention_reference  # the float64 textbook formula
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (hooks)
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = str(ROOT / "tests" / "fixtures" / "tiny-bert-fp32")
 STARTUP_SECONDS = 60.0  # bound on waiting for a server to listen and load its models

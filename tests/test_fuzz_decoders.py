@@ -9,7 +9,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinyembed.engine import textcap
+from tinyembed.engine.text import textcap
 from tinyembed.jobs import files as batch_files
 from tinyembed.jobs import format as fmt
 from tinyembed.server.limits import MAX_MESSAGE_CHARS

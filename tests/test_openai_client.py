@@ -14,7 +14,7 @@ import numpy as np
 import openai
 import pytest
 
-from tinyembed.engine.model import truncate_dimensions
+from tinyembed.engine.families.bert import truncate_dimensions
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "hello world",
          "Embeddings map text to vectors; similar texts land close together."]

@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from tinyembed import __version__
-from tinyembed.engine import registry
+from tinyembed.engine.checkpoints import registry
 from tinyembed.server.auth import keys_from_env, read_key_file
 from tinyembed.server.config import LOG_FORMATS, BatchSettings, HttpLimits, ModelSource, RateLimits, RequestLimits, ServerConfig
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinyembed.engine import registry
 from tinyembed.common.errors import ModelLoadError, TinyEmbedError
-from tinyembed.engine.families import decoder_family
-from tinyembed.engine.model import Batch, EncoderModel, truncate_dimensions
-from tinyembed.engine.spec import ModelSpec
-from tinyembed.engine.tokenize import Tokenizer
-from tinyembed.engine.weights import load_params
+from tinyembed.engine.checkpoints import registry
+from tinyembed.engine.checkpoints.spec import ModelSpec
+from tinyembed.engine.checkpoints.weights import load_params
+from tinyembed.engine.families import decoder_family, read_spec
+from tinyembed.engine.families.bert import Batch, EncoderModel, truncate_dimensions
+from tinyembed.engine.text.tokenize import Tokenizer
 
 log = logging.getLogger("tinyembed")
 
@@ -117,31 +117,31 @@ def build_model(spec: ModelSpec, ops):
 def make_ops(device: str = "cpu", dtype: str | None = None, threads: int | None = None):
     """Ops for a device: "cpu", "cuda", "cuda:N", or "auto" (CUDA when CuPy sees a GPU)."""
     if device == "auto":
-        from tinyembed.engine import ops_cuda
+        from tinyembed.engine.ops import cuda_ops
 
-        if ops_cuda.available():
+        if cuda_ops.available():
             try:
-                return ops_cuda.CudaOps(0, dtype or "float16")
+                return cuda_ops.CudaOps(0, dtype or "float16")
             except TinyEmbedError as exc:  # a GPU is there but the kernels cannot run on it
                 log.warning("--device auto: %s; running on the CPU", exc)
         device = "cpu"
     if device == "cpu":
         if dtype not in (None, "float32"):
             raise TinyEmbedError(f"--dtype {dtype} needs a GPU; the CPU path computes in float32")
-        from tinyembed.engine.ops_c import make_cpu_ops
+        from tinyembed.engine.ops.c_ops import make_cpu_ops
 
         return make_cpu_ops(threads)  # C kernels when they build, else numpy (logged)
     if "," in device or device == "cuda:all":
         raise TinyEmbedError(f"--device {device}: one engine runs on one device; several GPUs are for "
                              "`tinyembed serve` (and `tinyembed embed --ray`: one actor per GPU)")
     if device == "cuda" or device.startswith("cuda:"):
-        from tinyembed.engine import ops_cuda
+        from tinyembed.engine.ops import cuda_ops
 
         index = device.partition(":")[2] or "0"
         if not index.isdigit():
             raise TinyEmbedError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto")
         index = int(index)
-        return ops_cuda.CudaOps(index, dtype or "float16")
+        return cuda_ops.CudaOps(index, dtype or "float16")
     raise TinyEmbedError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto")
 
 
@@ -149,11 +149,11 @@ def expand_devices(device: str) -> list[str]:
     """A --device value -> the devices it names: "cuda:0,cuda:1" -> both, "cuda:all" -> every GPU
     CuPy sees, anything else -> itself (make_ops checks it)."""
     if device == "cuda:all":
-        from tinyembed.engine import ops_cuda
+        from tinyembed.engine.ops import cuda_ops
 
-        count = ops_cuda.device_count()
+        count = cuda_ops.device_count()
         if count == 0:
-            raise TinyEmbedError(f"--device cuda:all: {ops_cuda.unavailable_reason() or 'no CUDA device'}")
+            raise TinyEmbedError(f"--device cuda:all: {cuda_ops.unavailable_reason() or 'no CUDA device'}")
         return [f"cuda:{i}" for i in range(count)]
     devices = [d.strip() for d in device.split(",")]
     if len(devices) > 1:
@@ -169,5 +169,5 @@ def expand_devices(device: str) -> list[str]:
 def load_engine(model: str = registry.DEFAULT_MODEL, name: str | None = None, device: str = "cpu",
                 dtype: str | None = None, threads: int | None = None) -> Engine:
     path = registry.resolve(model)
-    spec = ModelSpec.from_dir(path)
+    spec = read_spec(path)
     return Engine(name or model, spec, make_ops(device, dtype, threads))

@@ -14,8 +14,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import processors
 
 from tinyembed.common.errors import InputError, ModelLoadError
-from tinyembed.engine import textcap
-from tinyembed.engine.spec import ModelSpec
+from tinyembed.engine.text import textcap
+from tinyembed.engine.checkpoints.spec import ModelSpec
 
 INPUT_TYPES = ("query", "document")
 
@@ -61,7 +61,7 @@ class Tokenizer:
     def encode(self, texts: list[str], truncate: bool = False, input_type: str | None = None,
                prompt_name: str | None = None, start: int = 0) -> list[np.ndarray]:
         """Token ids for each text. Runs in the tokenizers' Rust threads without the GIL.
-        Texts are cut by characters first (engine/textcap.py): no input is read past
+        Texts are cut by characters first (engine/text/textcap.py): no input is read past
         max_length * MAX_CHARS_PER_TOKEN characters. `start`: the index of texts[0] in the
         caller's request (for messages)."""
         prompt = self.prompt(input_type, prompt_name)

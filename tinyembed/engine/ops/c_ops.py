@@ -6,7 +6,7 @@ activation costs as much in page faults as a GELU pass. Embedding, bias + GELU, 
 so the calling thread and NumpyOps' pool threads run ranges side by side. Small work runs in the
 calling thread alone: a pool hand-off costs tens of microseconds.
 
-`make_cpu_ops()` picks this class when the kernels build (cpu_build.py) and NumpyOps otherwise
+`make_cpu_ops()` picks this class when the kernels build (cpu_compile.py) and NumpyOps otherwise
 (no compiler, a failed build, or TINYEMBED_CPU_KERNELS=numpy), logging one line that says which.
 """
 
@@ -22,9 +22,9 @@ from ctypes import c_float, c_int, c_long, c_void_p
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from tinyembed.engine import cpu_build
-from tinyembed.engine.cpu_threads import available_cores
-from tinyembed.engine.ops_numpy import NumpyOps
+from tinyembed.engine.build import cpu_compile
+from tinyembed.engine.build.cpu_threads import available_cores
+from tinyembed.engine.ops.numpy_ops import NumpyOps
 
 log = logging.getLogger("tinyembed")
 
@@ -196,8 +196,8 @@ def make_cpu_ops(threads: int | None = None):
         log.info("cpu kernels: numpy (TINYEMBED_CPU_KERNELS=numpy), %d threads", ops.threads)
         return ops
     try:
-        lib, path, built = cpu_build.load(tuple(SIGNATURES) + tuple(NAIVE.values()))
-    except cpu_build.CpuBuildError as exc:
+        lib, path, built = cpu_compile.load(tuple(SIGNATURES) + tuple(NAIVE.values()))
+    except cpu_compile.CpuBuildError as exc:
         ops = NumpyOps(threads or available_cores())
         log.warning("cpu kernels: numpy (C kernels unavailable: %s), %d threads", exc, ops.threads)
         return ops

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from tinyembed.engine.ops_numpy_decoder import DecoderNumpyOps
+from tinyembed.engine.ops.numpy_decoder import DecoderNumpyOps
 
 _BLOCK_ELEMENTS = 32 * 1024  # a block of rows and its temporaries stay inside L2
 

@@ -3,7 +3,7 @@
 //   g++ -std=c++17 -O1 -fPIC -shared -fno-strict-aliasing -fvisibility=hidden -Wno-unknown-pragmas
 //       -include kernels/cuda/emulate/cuda_emu.h -I kernels/cuda/emulate -DTE_DTYPE=1 kernel.cu table.cpp
 //
-// gives a CPU build of the same kernels (the Python side: tinyembed/engine/cuda_emulator/). The
+// gives a CPU build of the same kernels (the Python side: tinyembed/engine/build/cuda_emu_*.py). The
 // stub cuda_fp16.h / cuda_bf16.h beside this file are empty: the types come from here.
 //   emu_types.h    __half, __nv_bfloat16 (round to nearest even), float4, math, atomics
 //   emu_fiber.h    the stack switch: one fiber per CUDA thread
@@ -22,10 +22,9 @@
 #define __noinline__ __attribute__((noinline))
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
-// One copy per kernel file, in the section te_shared, poisoned before every block (blocks run
-// one at a time). `extern __shared__` does not compile (two storage classes): use
-// TE_EXTERN_SHARED.
-#define __shared__ __attribute__((section("te_shared"))) static
+// One copy per kernel file and OS thread, poisoned before every block (blocks run one at a
+// time). `extern __shared__` does not compile (two storage classes): use TE_EXTERN_SHARED.
+#define __shared__ static thread_local
 #define __constant__ static
 
 #include "emu_types.h"

@@ -1,4 +1,4 @@
-// emu_launch.h: the C entry points the Python launcher (tinyembed/engine/cuda_emulator/) calls.
+// emu_launch.h: the C entry points the Python launcher (tinyembed/engine/build/cuda_emu_*.py) calls.
 //
 // The kernel table is generated after the kernel file (see TE_KERNEL_TABLE): for every kernel
 // its name, its address, an invoker that calls it with arguments packed as void* (as
@@ -96,6 +96,7 @@ inline int launch(const Entry& e, const unsigned* g, const unsigned* b, size_t s
     if (!b[0] || !b[1] || !b[2]) return bad("a block dimension is 0");
     if (b[0] > 1024 || b[1] > 1024 || b[2] > 64 || (unsigned long long)b[0] * b[1] * b[2] > 1024) return bad("more than 1024 threads per block");
     if (shared_bytes > 48 * 1024) return bad("more than 48 KiB of dynamic shared memory (needs an opt-in on a GPU)");
+    locate_shared();
     r.grid = dim3(g[0], g[1], g[2]);
     r.block = dim3(b[0], b[1], b[2]);
     r.order = order;
@@ -138,4 +139,7 @@ inline int launch(const Entry& e, const unsigned* g, const unsigned* b, size_t s
                             int order, unsigned long long seed, char* err, size_t errlen) {        \
         return te::launch(te_table[i], grid, block, shared_bytes, argv, order, seed, err, errlen); \
     }                                                                                              \
-    TE_EXPORT size_t te_static_shared_bytes() { return (size_t)(te::shared_end() - te::shared_begin()); }
+    TE_EXPORT size_t te_static_shared_bytes() {                                                    \
+        te::locate_shared();                                                                       \
+        return te::shared_range().bytes;                                                           \
+    }

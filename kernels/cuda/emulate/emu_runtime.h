@@ -11,8 +11,11 @@
 //   * a warp collective whose mask names a lane that does not exist, has exited or is waiting
 //     elsewhere, or lanes meeting at different collectives;
 //   * faults found by the instruction twins (an ldmatrix address outside shared memory ...).
-// Static __shared__ variables live in one linker section; it is filled with 0xFF bytes (NaN in
-// every float type) before each block, so a read of shared memory nobody wrote is visible.
+// Static __shared__ variables are the library's thread_local variables (cuda_emu.h): its TLS
+// block, found with dl_iterate_phdr, is the block's shared memory. It is filled with 0xFF bytes
+// (NaN in every float type) before each block, so a read of shared memory nobody wrote shows.
+// (A linker section would be simpler, but GCC ignores section attributes on the static locals
+// of templates, where attention.cu's tiles live.)
 #pragma once
 
 #include <algorithm>
@@ -20,11 +23,9 @@
 #include <cstdio>
 #include <random>
 #include <vector>
+#include <link.h>
 
 #include "emu_fiber.h"
-
-extern "C" char __start_te_shared[] __attribute__((weak));
-extern "C" char __stop_te_shared[] __attribute__((weak));
 
 namespace te {
 
@@ -94,11 +95,44 @@ inline Runtime& rt() {
     return r;
 }
 
-inline char* shared_begin() { return __start_te_shared; }
-inline char* shared_end() { return __stop_te_shared; }
+inline thread_local char tls_anchor = 0;  // touched so that this thread's TLS block exists
+
+struct SharedRange {
+    char* begin = nullptr;
+    size_t bytes = 0;
+};
+
+inline int find_tls(dl_phdr_info* info, size_t, void* data) {
+    const uintptr_t me = (uintptr_t)&find_tls;
+    bool mine = false;
+    const ElfW(Phdr)* tls = nullptr;
+    for (int i = 0; i < info->dlpi_phnum; ++i) {
+        const ElfW(Phdr)& p = info->dlpi_phdr[i];
+        if (p.p_type == PT_LOAD && me >= info->dlpi_addr + p.p_vaddr && me < info->dlpi_addr + p.p_vaddr + p.p_memsz)
+            mine = true;
+        if (p.p_type == PT_TLS) tls = &p;
+    }
+    if (!mine) return 0;
+    if (tls) *(SharedRange*)data = SharedRange{(char*)info->dlpi_tls_data, (size_t)tls->p_memsz};
+    return 1;
+}
+
+// This OS thread's static shared memory (found again per launch: Python may launch from any thread).
+inline SharedRange& shared_range() {
+    static SharedRange range;
+    return range;
+}
+inline void locate_shared() {
+    *(volatile char*)&tls_anchor = 1;
+    SharedRange r;
+    dl_iterate_phdr(find_tls, &r);
+    shared_range() = r;
+}
+inline char* shared_begin() { return shared_range().begin; }
+inline char* shared_end() { return shared_range().begin + shared_range().bytes; }
 inline bool in_shared(const void* p, size_t bytes) {
     const char* c = (const char*)p;
-    if (c >= shared_begin() && c + bytes <= shared_end()) return true;
+    if (shared_begin() && c >= shared_begin() && c + bytes <= shared_end()) return true;
     Runtime& r = rt();
     return r.dyn_shared && c >= r.dyn_shared && c + bytes <= r.dyn_shared + r.dyn_bytes;
 }
@@ -230,7 +264,7 @@ inline bool run_block(const dim3& bidx) {
     Runtime& r = rt();
     r.block_idx = bidx;
     const int n = (int)(r.block.x * r.block.y * r.block.z);
-    if (shared_begin() != shared_end()) memset(shared_begin(), 0xff, (size_t)(shared_end() - shared_begin()));
+    if (shared_begin()) memset(shared_begin(), 0xff, (size_t)(shared_end() - shared_begin()));
     if (r.dyn_bytes) memset(r.dyn_shared, 0xff, r.dyn_bytes);
     while ((int)r.stacks.size() < n) {
         Stack s = stack_alloc(r.stack_bytes);

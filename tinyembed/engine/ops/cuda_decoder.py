@@ -107,8 +107,7 @@ class CudaDecoderOps:
 
     def l2_normalize(self, x):
         """(n, H) storage dtype -> (n, H) float32 unit rows: pool_normalize with one row per sequence."""
-        import cupy
-
+        cupy = self.cp
         self._enter()
         one_row_each = cupy.arange(int(x.shape[0]) + 1, dtype=cupy.int32)
         return self.pool_normalize(x, one_row_each, "cls")

@@ -57,8 +57,10 @@ class CudaOps(CudaRuntime, CudaDecoderOps):
 
     def matmul(self, x, w):
         """(T, K) @ (K, N) -> (T, N) on cuBLAS, fp32 accumulation, output in the storage dtype."""
-        cp = _cp()
-        from cupy_backends.cuda.libs import cublas
+        cp = self.cp
+        cublas = getattr(cp, "tinyembed_cublas", None)  # the CPU emulator's gemmEx (numpy)
+        if cublas is None:
+            from cupy_backends.cuda.libs import cublas
 
         tokens, k = x.shape
         k2, n = w.shape

@@ -43,7 +43,7 @@ KERNEL_FILES = tuple(KERNELS)
 _cupy = None
 _modules: dict[tuple[str, int], object] = {}  # (file, TE_DTYPE) -> RawModule, shared by all CudaOps
 _modules_lock = threading.Lock()
-_to_bf16 = None  # ElementwiseKernel float32 -> bfloat16 bits, built on first use
+_to_bf16: dict[str, object] = {}  # device module -> ElementwiseKernel float32 -> bfloat16 bits, built on first use
 
 
 def _cp():
@@ -111,11 +111,11 @@ def kernel_source(name: str) -> str:
     return expand(name, set())
 
 
-def _module(file: str, te_dtype: int):
-    key = (file, te_dtype)
+def _module(file: str, te_dtype: int, cp=None):
+    cp = cp or _cp()
+    key = (file, te_dtype, cp.__name__)  # the real CuPy or the CPU emulator (cuda_emu_device.py)
     with _modules_lock:
         if key not in _modules:
-            cp = _cp()
             options = ("-std=c++17", f"-DTE_DTYPE={te_dtype}")
             backend = os.environ.get("TINYEMBED_CUDA_BACKEND", "nvrtc")  # "nvcc" to use the toolkit's
             _modules[key] = cp.RawModule(code=kernel_source(file), options=options, backend=backend)
@@ -126,9 +126,9 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _mark(stream):
+def _mark(stream, cp=None):
     """An event recorded now on `stream` (no timing: cheaper to record and to wait on)."""
-    event = _cp().cuda.Event(disable_timing=True)
+    event = (cp or _cp()).cuda.Event(disable_timing=True)
     event.record(stream)
     return event
 
@@ -151,13 +151,15 @@ class CudaRuntime:
     `kernels="naive"` (or TINYEMBED_KERNELS=naive) selects every kernel's teaching version."""
 
     def __init__(self, device_index: int = 0, dtype: str = "float16", kernels: str | None = None,
-                 poison_outputs: bool = False, graphs: bool | None = None, overlap: bool | None = None):
-        reason = unavailable_reason()
+                 poison_outputs: bool = False, graphs: bool | None = None, overlap: bool | None = None,
+                 device_module=None):
+        # device_module: a stand-in for CuPy (tests: the CPU emulator, ops/cuda_emu_device.py)
+        reason = None if device_module is not None else unavailable_reason()
         if reason is not None:
             raise TinyEmbedError(f"--device cuda:{device_index}: {reason}")
         if dtype not in DTYPES:
             raise TinyEmbedError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-        cp = _cp()
+        cp = self.cp = device_module or _cp()
         count = cp.cuda.runtime.getDeviceCount()
         if not 0 <= device_index < count:
             raise TinyEmbedError(f"--device cuda:{device_index}: CuPy sees {count} device(s) (cuda:0..cuda:{count - 1})")
@@ -185,7 +187,7 @@ class CudaRuntime:
             for file, names in KERNELS.items():  # compile now: errors surface at load, not at a request
                 if file in DECODER_KERNELS:
                     continue  # compiled when a decoder model first uses them (cuda_decoder.py)
-                module = _module(file, self._te)
+                module = _module(file, self._te, cp)
                 for name in names:
                     if name.startswith("attention_d") and self._te == DTYPES["float32"]:
                         continue  # the tensor-core kernels exist for fp16 and bf16 storage only
@@ -205,7 +207,7 @@ class CudaRuntime:
         """Make this GPU and this ops' stream current in the calling thread. CuPy's current device
         and stream are thread-local, and kernels and CuPy ops run on the current stream, so every
         op checks (a few microseconds): another CudaOps or caller may have changed them."""
-        cp = _cp()
+        cp = self.cp
         if cp.cuda.runtime.getDevice() != self.index:
             self.device.use()
         if cp.cuda.get_current_stream().ptr != self.stream.ptr:
@@ -215,7 +217,7 @@ class CudaRuntime:
         self.stream.synchronize()
 
     def _empty(self, shape, dtype=None):
-        cp = _cp()
+        cp = self.cp
         self._enter()
         dtype = dtype or self.storage
         if not self.poison_outputs:
@@ -226,7 +228,7 @@ class CudaRuntime:
 
     def _compiled(self, file: str):
         """The RawModule of one kernel file for this ops' storage dtype."""
-        return _module(file, self._te)
+        return _module(file, self._te, self.cp)
 
     def _launch(self, name: str, grid, block, args):
         self._enter()
@@ -237,29 +239,28 @@ class CudaRuntime:
         """Upload a weight once: 1-D (biases, LayerNorm, token type) as float32, matrices in the
         compute dtype (rounded to nearest even on the device)."""
         self._enter()
-        cp = _cp()
+        cp = self.cp
         x = cp.asarray(np.ascontiguousarray(array, dtype=np.float32))
         return x if x.ndim == 1 else self.from_float32(x)
 
     def from_float32(self, x):
         """A device float32 array in the storage dtype (bf16: round to nearest even, by bits)."""
-        cp = _cp()
+        cp = self.cp
         if self.storage == np.float32:
             return x
         if self.storage == np.float16:
             return x.astype(cp.float16)
-        global _to_bf16
-        if _to_bf16 is None:
-            _to_bf16 = cp.ElementwiseKernel(
+        if cp.__name__ not in _to_bf16:
+            _to_bf16[cp.__name__] = cp.ElementwiseKernel(
                 "float32 x", "uint16 y",
                 "unsigned int b = __float_as_uint(x);"
                 "y = isnan(x) ? 0x7FC0 : (unsigned short)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16)",
                 "tinyembed_float32_to_bfloat16")
-        return _to_bf16(x)
+        return _to_bf16[cp.__name__](x)
 
     def to_float32(self, x):
         """A device array of the storage dtype widened to float32 (on the device)."""
-        cp = _cp()
+        cp = self.cp
         if x.dtype == cp.uint16:  # bf16 bits are the high half of a float32
             return (x.astype(cp.uint32) << 16).view(cp.float32)
         return x.astype(cp.float32, copy=False)
@@ -278,7 +279,7 @@ class CudaRuntime:
         into one device buffer (one copy). The compute stream is made to wait for the copy; with
         `overlap` the copy itself runs on the copy stream, beside whatever is computing."""
         self._enter()
-        cp = _cp()
+        cp = self.cp
         sizes = [int(np.size(a)) for a in arrays]
         count = sum(sizes)
         with self._staging_lock:
@@ -287,7 +288,7 @@ class CudaRuntime:
             if slot.copied is not None:
                 slot.copied.synchronize()  # the copy that last read this pinned buffer is done
             if slot.unreleased:  # its last batch never called release_batch: wait for all of it
-                slot.consumed = _mark(self.stream)
+                slot.consumed = _mark(self.stream, self.cp)
             if slot.host is None or slot.host.size < count:
                 size = _round_up(max(count, 1 << 16), 1 << 16)
                 slot.host = np.frombuffer(cp.cuda.alloc_pinned_memory(4 * size), dtype=np.int32)
@@ -296,7 +297,7 @@ class CudaRuntime:
                 slot.device = cp.empty(size, dtype=cp.int32)
                 # ... but the copy stream could write it while a compute kernel still reads the
                 # block's former owner: the first copy into it waits for everything enqueued
-                slot.consumed = _mark(self.stream)
+                slot.consumed = _mark(self.stream, self.cp)
             offset = 0
             for array, size in zip(arrays, sizes):
                 slot.host[offset:offset + size] = array
@@ -305,7 +306,7 @@ class CudaRuntime:
                 self.copy_stream.wait_event(slot.consumed)  # the compute that read it is done
             cp.cuda.runtime.memcpyAsync(slot.device.data.ptr, slot.host.ctypes.data, 4 * count,
                                         cp.cuda.runtime.memcpyHostToDevice, self.copy_stream.ptr)
-            slot.copied = _mark(self.copy_stream)
+            slot.copied = _mark(self.copy_stream, self.cp)
             if self.overlap:
                 self.stream.wait_event(slot.copied)
             slot.unreleased = True
@@ -324,5 +325,5 @@ class CudaRuntime:
             for slot in self._slots:
                 start = slot.device.data.ptr if slot.device is not None else -1
                 if slot.unreleased and start <= address < start + 4 * slot.device.size:
-                    slot.consumed = _mark(self.stream)
+                    slot.consumed = _mark(self.stream, self.cp)
                     slot.unreleased = False

@@ -18,8 +18,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tinyembed.engine.cpu_build import cache_dir
-from tinyembed.engine.kernel_paths import candidate_folders
+from tinyembed.engine.build.cpu_compile import cache_dir
+from tinyembed.engine.build.kernel_paths import candidate_folders
 
 FLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-fno-strict-aliasing", "-fvisibility=hidden", "-Wall",
          "-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyembed.engine.cuda_emulator.build import build
+from tinyembed.engine.build.cuda_emu_build import build
 
 ORDERS = {"forward": 0, "reversed": 1, "shuffled": 2}
 _SCALARS = {"i32": np.int32, "u32": np.uint32, "i64": np.int64, "u64": np.uint64, "f32": np.float32,

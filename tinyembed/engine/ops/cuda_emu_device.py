@@ -19,6 +19,7 @@ The device has MULTIPROCESSORS SMs, few, so grid-stride loops really loop.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import itertools
 import weakref
@@ -39,6 +40,7 @@ _GUARD_BYTE = 0xA5
 _allocations: dict[int, tuple[weakref.ref, int, int, bool]] = {}
 _hosts: dict[int, tuple[object, int, int]] = {}  # pinned host buffers (kept: few, reused by CudaOps)
 _ids = itertools.count()
+launched: collections.Counter = collections.Counter()  # kernel name -> launches (tests spy on it)
 
 
 class _Pointer:
@@ -168,6 +170,7 @@ class RawKernel:
         for i, arg in enumerate(args):
             if isinstance(arg, np.ndarray) and not isinstance(arg, DeviceArray):
                 raise EmulatorError(f"{self.name}: argument {i} is a host numpy array, not a device array")
+        launched[self.name] += 1
         self.library.launch(self.name, grid, block, args, shared_mem)
         check_guards()
 

@@ -163,7 +163,7 @@ def test_race_orders(case, cpu, rng, order, seed):
         check(*embed_case(ops, cpu, rng, 768), dtype)
         check(*layernorm_case(ops, cpu, rng, 384), dtype)
         for head_dim in (32, 64, 128):
-            check(*attention_case(ops, cpu, rng, [65, 3, 40], head_dim), dtype)
+            check(*attention_case(ops, cpu, rng, [200, 3, 40], head_dim), dtype)  # >= 3 key tiles: buffers reused
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])

@@ -2,10 +2,15 @@
 //
 // A launch runs its blocks one after another on the calling OS thread. Each block's threads are
 // fibers (emu_fiber.h) that run until they meet: at __syncthreads (all live threads of the
-// block) or at a warp collective (the lanes of the mask). Between meetings the ready fibers run
-// in the launch's order: forward (thread 0 first), reversed, or shuffled by a seed, so code whose
-// result depends on that order (a missing barrier) gives different results under different
-// orders. Checks, each an error for the launch (never a silent result):
+// block) or at a warp collective (the lanes of the mask). The launch's order decides who runs
+// between meetings:
+//   forward, reversed  in rounds: every ready thread runs to its next meeting, by thread index
+//                      (or reversed); warps advance in step, collective by collective;
+//   shuffled (seed)    a random warp runs as far as it can (to a __syncthreads, its exit, or a
+//                      collective waiting for lanes elsewhere), its ready lanes in random order,
+//                      then another random warp: warps drift apart between barriers as far as
+//                      the barriers allow, as they may on a GPU.
+// Code whose result depends on the order (a missing barrier) gives different results. Checks, each an error for the launch (never a silent result):
 //   * threads of one block waiting at different __syncthreads (by source line) or at a barrier
 //     while others wait at a warp collective (a barrier in divergent code): a deadlock on a GPU;
 //   * a warp collective whose mask names a lane that does not exist, has exited or is waiting
@@ -256,8 +261,43 @@ inline void thread_exit_checks(Thread& t) {
 inline void order_ready(std::vector<Thread*>& v) {
     Runtime& r = rt();
     if (r.order == FORWARD) std::sort(v.begin(), v.end(), [](Thread* a, Thread* b) { return a->linear < b->linear; });
-    else if (r.order == REVERSED) std::sort(v.begin(), v.end(), [](Thread* a, Thread* b) { return a->linear > b->linear; });
-    else std::shuffle(v.begin(), v.end(), r.rng);
+    else std::sort(v.begin(), v.end(), [](Thread* a, Thread* b) { return a->linear > b->linear; });
+}
+
+inline void run_thread(Thread* t) {
+    Runtime& r = rt();
+    r.current = t;
+    context_switch(r.scheduler, t->ctx);
+    r.current = nullptr;
+}
+
+// shuffled: random warps, each run until none of its lanes can run.
+inline void run_warps_randomly() {
+    Runtime& r = rt();
+    std::vector<Thread*> lanes;
+    while (r.live > 0 && !r.failed) {
+        r.ready.insert(r.ready.end(), r.next.begin(), r.next.end());
+        r.next.clear();
+        if (r.ready.empty()) {
+            check_block_progress();
+            return;
+        }
+        const int warp = r.ready[std::uniform_int_distribution<size_t>(0, r.ready.size() - 1)(r.rng)]->warp;
+        for (;;) {
+            lanes.clear();
+            auto keep = std::partition(r.ready.begin(), r.ready.end(), [&](Thread* t) { return t->warp != warp; });
+            lanes.assign(keep, r.ready.end());
+            r.ready.erase(keep, r.ready.end());
+            if (lanes.empty()) break;
+            std::shuffle(lanes.begin(), lanes.end(), r.rng);
+            for (Thread* t : lanes) {
+                run_thread(t);
+                if (r.failed) return;
+            }
+            r.ready.insert(r.ready.end(), r.next.begin(), r.next.end());
+            r.next.clear();
+        }
+    }
 }
 
 inline bool run_block(const dim3& bidx) {
@@ -293,16 +333,15 @@ inline bool run_block(const dim3& bidx) {
     r.live = n;
     r.at_barrier = 0;
     r.rng.seed(r.seed * 0x9E3779B97F4A7C15ull + bidx.x + 65536ull * (bidx.y + 65536ull * bidx.z));
-    while (r.live > 0 && !r.failed) {
+    if (r.order == SHUFFLED) run_warps_randomly();
+    while (r.order != SHUFFLED && r.live > 0 && !r.failed) {
         if (r.ready.empty()) {
             check_block_progress();
             break;
         }
         order_ready(r.ready);
         for (Thread* t : r.ready) {
-            r.current = t;
-            context_switch(r.scheduler, t->ctx);
-            r.current = nullptr;
+            run_thread(t);
             if (r.failed) break;
         }
         r.ready.swap(r.next);

@@ -23,7 +23,12 @@ from tinyembed.engine.build.kernel_paths import candidate_folders
 
 FLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-fno-strict-aliasing", "-fvisibility=hidden", "-Wall",
          "-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable")
-SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-DTE_EMU_UCONTEXT=1")
+# The sanitizer build (TINYEMBED_EMU_SANITIZE=1): out-of-bounds reads and writes of numpy buffers
+# and of shared memory, misaligned 16-byte vector loads, signed overflow; the first error aborts.
+# The process must load the ASan runtime first (LD_PRELOAD=$(g++ -print-file-name=libasan.so)),
+# and the fibers switch with swapcontext, which ASan follows.
+SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+                  "-DTE_EMU_UCONTEXT=1")
 BUILD_TIMEOUT_S = 300
 _KERNEL = re.compile(r'extern\s+"C"\s+__attribute__\(\(used\)\)\s+void\s+(\w+)\s*\(')
 
@@ -61,8 +66,13 @@ def _run(cmd: list[str], what: str) -> str:
     return done.stdout
 
 
-def build(source: str, name: str, defines: dict[str, str], sanitize: bool = False) -> Path:
+def sanitizing() -> bool:
+    return os.environ.get("TINYEMBED_EMU_SANITIZE", "") == "1"
+
+
+def build(source: str, name: str, defines: dict[str, str], sanitize: bool | None = None) -> Path:
     """The shared library of one kernel file's text (`name` only labels it); cached."""
+    sanitize = sanitizing() if sanitize is None else sanitize
     header_dir = emulate_dir()
     cxx = compiler()
     flags = [*FLAGS, *(SANITIZE_FLAGS if sanitize else ()), *(f"-D{k}={v}" for k, v in sorted(defines.items()))]

@@ -82,7 +82,7 @@ class KernelLibrary:
         self.static_shared_bytes = int(lib.te_static_shared_bytes())
 
     @classmethod
-    def from_source(cls, source: str, name: str, defines: dict[str, str], sanitize: bool = False) -> "KernelLibrary":
+    def from_source(cls, source: str, name: str, defines: dict[str, str], sanitize: bool | None = None) -> "KernelLibrary":
         path = build(source, name, defines, sanitize)
         with _lock:
             if path not in cls._loaded:

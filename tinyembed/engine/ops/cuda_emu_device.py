@@ -26,6 +26,7 @@ import weakref
 
 import numpy as np
 
+from tinyembed.engine.build.cuda_emu_build import sanitizing
 from tinyembed.engine.build.cuda_emu_launch import EmulatorError, KernelLibrary
 from tinyembed.engine.ops import cuda_emu_cublas as tinyembed_cublas  # noqa: F401 (cuda_ops.matmul reads it)
 
@@ -71,6 +72,11 @@ def _allocate(shape, dtype) -> DeviceArray:
     dtype = np.dtype(dtype)
     shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if sanitizing():  # each array its own malloc: AddressSanitizer's redzones catch reads too
+        own = np.empty(shape, dtype)
+        first = own.ctypes.data
+        _allocations[next(_ids)] = (weakref.ref(own), first, first + nbytes, False)
+        return own.view(DeviceArray)
     raw = np.empty(nbytes + 3 * GUARD, dtype=np.uint8)
     start = (-raw.ctypes.data) % GUARD  # the array itself 256-aligned, as CuPy's allocations
     raw[:] = _GUARD_BYTE

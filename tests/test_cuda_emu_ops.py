@@ -177,3 +177,15 @@ def test_the_fast_cases_launch_the_fast_kernels(dtype, cpu):
     names = set(cuda_emu_device.launched)
     assert {"embed", "bias_residual_layernorm"} <= names and not any(n.endswith("_naive") for n in names - {"attention_naive"})
     assert ("attention_naive" if dtype == "float32" else "attention_d64") in names
+
+
+def test_attention_splits_more_sequences_than_grid_z_holds(cpu, rng, monkeypatch):
+    """More than 65,535 sequences go out in several launches, each with cu_seqlens offset by the
+    sequences before it: the same code with the limit lowered to 2."""
+    from tinyembed.engine.ops import cuda_ops
+
+    monkeypatch.setattr(cuda_ops, "MAX_GRID_Z", 2)
+    ops = emulated_ops("float16")
+    cuda_emu_device.launched.clear()
+    check(*attention_case(ops, cpu, rng, [3, 70, 1, 9, 2], 64), "float16")
+    assert cuda_emu_device.launched["attention_d64"] == 3

@@ -30,7 +30,9 @@ from tinyembed.engine.families.bert import Batch
 from tinyembed.engine.ops.numpy_ops import NumpyOps
 
 _REASON = ops_cuda.unavailable_reason()
-needs_gpu = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None, reason=f"needs a CUDA GPU: {_REASON}")]
+# TINYEMBED_EMU_FULL=1: every GPU class also runs on the CPU emulator at these full shapes (slow)
+EMULATED = os.environ.get("TINYEMBED_EMU_FULL", "") == "1"
+needs_gpu = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None and not EMULATED, reason=f"needs a CUDA GPU: {_REASON}")]
 
 
 def gpu(cls):
@@ -43,15 +45,21 @@ def gpu(cls):
 # Storage rounding alone is 2^-11 (fp16) and 2^-8 (bf16) per element; the bounds leave room for
 # one more rounding of intermediates (P in attention) but not for a wrong element.
 TOLERANCE = {"float16": (3e-3, 2e-2, 4e-3), "bfloat16": (2e-2, 8e-2, 3e-2), "float32": (2e-5, 1e-4, 1e-5)}
-CASES = [(d, k) for d in ("float16", "bfloat16", "float32") for k in ("fast", "naive")]
-_OPS: dict[tuple[str, str], ops_cuda.CudaOps] = {}
+CASES = [(b, d, k) for b in ("gpu", "emu")[:1 + EMULATED] for d in ("float16", "bfloat16", "float32")
+         for k in ("fast", "naive")]
+_OPS: dict[tuple[str, str, str], ops_cuda.CudaOps] = {}
 
 
-@pytest.fixture(params=CASES, ids=[f"{d}-{k}" for d, k in CASES])
+@pytest.fixture(params=CASES, ids=[f"{d}-{k}" if b == "gpu" else f"emu-{d}-{k}" for b, d, k in CASES])
 def case(request):
-    dtype, kernels = request.param
+    backend, dtype, kernels = request.param
+    if backend == "gpu" and _REASON is not None:
+        pytest.skip(f"needs a CUDA GPU: {_REASON}")
     if request.param not in _OPS:
-        _OPS[request.param] = ops_cuda.CudaOps(0, dtype, kernels=kernels, poison_outputs=True)
+        module = None
+        if backend == "emu":
+            from tinyembed.engine.ops import cuda_emu_device as module
+        _OPS[request.param] = ops_cuda.CudaOps(0, dtype, kernels=kernels, poison_outputs=True, device_module=module)
     return _OPS[request.param], dtype
 
 

@@ -4,6 +4,8 @@ storage dtype and the numpy reference runs on exactly those rounded values."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,8 @@ from tinyembed.engine.ops.numpy_decoder import rope_table
 from engine_fixtures import FIXTURES, TINY_DECODERS
 
 _REASON = ops_cuda.unavailable_reason()
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None, reason=f"needs a CUDA GPU: {_REASON}")]
+EMULATED = os.environ.get("TINYEMBED_EMU_FULL", "") == "1"  # also on the CPU emulator (test_ops_cuda.py)
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None and not EMULATED, reason=f"needs a CUDA GPU: {_REASON}")]
 TOLERANCE = {"float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}  # relative to max |reference|
 _OPS: dict[str, object] = {}
 
@@ -23,7 +26,10 @@ _OPS: dict[str, object] = {}
 @pytest.fixture(params=list(TOLERANCE))
 def gpu(request):
     if request.param not in _OPS:
-        _OPS[request.param] = ops_cuda.CudaOps(0, request.param, poison_outputs=True)
+        module = None
+        if _REASON is not None:  # EMULATED
+            from tinyembed.engine.ops import cuda_emu_device as module
+        _OPS[request.param] = ops_cuda.CudaOps(0, request.param, poison_outputs=True, device_module=module)
         _OPS[request.param].prepare_decoder_kernels()
     return _OPS[request.param], TOLERANCE[request.param]
 
@@ -34,9 +40,7 @@ def cpu():
 
 
 def upload(ops, x):
-    import cupy
-
-    return ops.from_float32(cupy.asarray(np.ascontiguousarray(x, dtype=np.float32)))
+    return ops.from_float32(ops.cp.asarray(np.ascontiguousarray(x, dtype=np.float32)))
 
 
 def close(got, want, tol):
@@ -63,9 +67,8 @@ def test_norms(gpu, cpu):
 
 
 def test_rope_activation_embedding_last_token(gpu, cpu):
-    import cupy
-
     ops, tol = gpu
+    cupy = ops.cp
     rng = np.random.default_rng(1)
     qkv_dev = upload(ops, rng.standard_normal((20, (4 + 2 * 2) * 32)))
     qkv = ops.to_host(qkv_dev)
@@ -91,9 +94,8 @@ def test_rope_activation_embedding_last_token(gpu, cpu):
 @pytest.mark.parametrize("causal,window,softcap,d", [
     (True, None, None, 128), (True, 5, 2.0, 256), (False, None, None, 64), (True, None, None, 24)])
 def test_decoder_attention(gpu, cpu, causal, window, softcap, d):
-    import cupy
-
     ops, tol = gpu
+    cupy = ops.cp
     rng = np.random.default_rng(2)
     cu = np.array([0, 1, 17, 90], dtype=np.int32)
     qkv_dev = upload(ops, rng.standard_normal((90, (4 + 2 * 2) * d)))

@@ -152,7 +152,9 @@ def ascontiguousarray(array, dtype=None):
 class RawModule:
     """cupy.RawModule(code=..., options=..., backend=...): the code compiled for the CPU."""
 
-    def __init__(self, code: str, options=(), backend: str = "nvrtc", name: str = "kernel.cu"):
+    def __init__(self, code: str, options=(), backend: str = "nvrtc"):
+        first = code.lstrip().split("\n", 1)[0]  # "// attention.cu: ..." names the cache file
+        name = first[3:].split(":")[0].strip() if first.startswith("// ") and ".cu:" in first else "kernel.cu"
         defines = {}
         for option in options:
             if option.startswith("-D"):

@@ -16,6 +16,7 @@ import ctypes
 import numpy as np
 
 from tinyembed.engine.build.cuda_emu_launch import EmulatorError
+from tinyembed.engine.ops.cuda_emu_memory import check_guards, find_allocation
 
 CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
 CUBLAS_POINTER_MODE_HOST, CUBLAS_POINTER_MODE_DEVICE = 0, 1
@@ -35,8 +36,6 @@ def setPointerMode(handle, mode):  # noqa: N802
 
 def _matrix(ptr: int, storage, rows: int, cols: int, ld: int, what: str) -> np.ndarray:
     """The rows x cols column-major matrix at ptr with leading dimension ld, as float32."""
-    from tinyembed.engine.ops.cuda_emu_device import find_allocation
-
     if ld < max(1, rows):
         raise EmulatorError(f"gemmEx: ld{what} = {ld} < {rows} rows")
     item = np.dtype(storage).itemsize
@@ -86,12 +85,8 @@ def gemmEx(handle, transa, transb, m, n, k, alpha, A, atype, lda, B, btype, ldb,
     elif not _matrix_fits(C, storage, m, n, ldc):
         raise EmulatorError(f"gemmEx: C ({m} x {n}, ld {ldc}) is not inside one device allocation")
     _store(C, storage, product.astype(np.float32), ldc)
-    from tinyembed.engine.ops.cuda_emu_device import check_guards
-
     check_guards()
 
 
 def _matrix_fits(ptr: int, storage, rows: int, cols: int, ld: int) -> bool:
-    from tinyembed.engine.ops.cuda_emu_device import find_allocation
-
     return ld >= rows and find_allocation(ptr, (ld * (cols - 1) + rows) * np.dtype(storage).itemsize)

@@ -22,105 +22,27 @@ from __future__ import annotations
 import collections
 import ctypes
 import itertools
-import weakref
 
 import numpy as np
 
-from tinyembed.engine.build.cuda_emu_build import sanitizing
 from tinyembed.engine.build.cuda_emu_launch import EmulatorError, KernelLibrary
 from tinyembed.engine.ops import cuda_emu_cublas as tinyembed_cublas  # noqa: F401 (cuda_ops.matmul reads it)
+from tinyembed.engine.ops.cuda_emu_memory import (  # noqa: F401 (the CuPy-like face: tests use these)
+    GUARD, DeviceArray, allocate, check_guards, find_allocation, is_host, _hosts, _ids)
 
 float16, float32, float64, int32, int64, uint16, uint32, uint8 = (
     np.float16, np.float32, np.float64, np.int32, np.int64, np.uint16, np.uint32, np.uint8)
 MULTIPROCESSORS = 4
-GUARD = 256  # bytes before and after every allocation; CuPy aligns allocations to 256 bytes too
-_GUARD_BYTE = 0xA5
-# id -> (owner, first byte, end, guarded): every buffer a DeviceArray lives in. Those made here
-# carry guard zones of GUARD bytes before `first` and after `end`; those numpy makes for results
-# (astype, <<, copy) are registered by DeviceArray.__array_finalize__, without guards.
-_allocations: dict[int, tuple[weakref.ref, int, int, bool]] = {}
-_hosts: dict[int, tuple[object, int, int]] = {}  # pinned host buffers (kept: few, reused by CudaOps)
-_ids = itertools.count()
 launched: collections.Counter = collections.Counter()  # kernel name -> launches (tests spy on it)
-
-
-class _Pointer:
-    def __init__(self, ptr: int):
-        self.ptr = ptr
-
-
-class DeviceArray(np.ndarray):
-    """A numpy array standing for a CuPy array: `.data.ptr`, `.get()`, `.set()`."""
-
-    @property
-    def data(self):
-        return _Pointer(self.__array_interface__["data"][0])
-
-    def __array_finalize__(self, obj):
-        if self.base is None and self.nbytes:  # numpy allocated a result: device memory too
-            first = self.__array_interface__["data"][0]
-            _allocations[next(_ids)] = (weakref.ref(self), first, first + self.nbytes, False)
-
-    def get(self, stream=None, out=None):
-        return np.array(self.view(np.ndarray), copy=True)
-
-    def set(self, array, stream=None):
-        self.view(np.ndarray)[...] = array
-
-
-def _allocate(shape, dtype) -> DeviceArray:
-    dtype = np.dtype(dtype)
-    shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if sanitizing():  # each array its own malloc: AddressSanitizer's redzones catch reads too
-        own = np.empty(shape, dtype)
-        first = own.ctypes.data
-        _allocations[next(_ids)] = (weakref.ref(own), first, first + nbytes, False)
-        return own.view(DeviceArray)
-    raw = np.empty(nbytes + 3 * GUARD, dtype=np.uint8)
-    start = (-raw.ctypes.data) % GUARD  # the array itself 256-aligned, as CuPy's allocations
-    raw[:] = _GUARD_BYTE
-    body = raw[start + GUARD:start + GUARD + nbytes]
-    first = raw.ctypes.data + start + GUARD
-    _allocations[next(_ids)] = (weakref.ref(raw), first, first + nbytes, True)
-    return body.view(dtype).reshape(shape).view(DeviceArray)
-
-
-def check_guards():
-    """Raise EmulatorError if any live allocation's guard zones were written."""
-    for key, (ref, first, end, guarded) in list(_allocations.items()):
-        raw = ref()
-        if raw is None:
-            del _allocations[key]
-            continue
-        if not guarded:
-            continue
-        lo = first - raw.ctypes.data
-        hi = lo + (end - first)
-        before, after = raw[lo - GUARD:lo], raw[hi:hi + GUARD]
-        if (before != _GUARD_BYTE).any() or (after != _GUARD_BYTE).any():
-            raw[lo - GUARD:lo] = _GUARD_BYTE
-            raw[hi:hi + GUARD] = _GUARD_BYTE
-            raise EmulatorError(f"a write outside an allocation of {end - first} bytes (guard zone changed)")
-
-
-def find_allocation(ptr: int, nbytes: int) -> bool:
-    """True when [ptr, ptr + nbytes) lies inside one live device allocation."""
-    return any(first <= ptr and ptr + nbytes <= end and ref() is not None
-               for ref, first, end, _ in list(_allocations.values()))
-
-
-def _is_host(ptr: int, nbytes: int) -> bool:
-    return any(start <= ptr and ptr + nbytes <= end for _, start, end in _hosts.values())
 
 
 # -- array creation ---------------------------------------------------------------------------
 def empty(shape, dtype=np.float32):
-    return _allocate(shape, dtype)
+    return allocate(shape, dtype)
 
 
 def full(shape, fill_value, dtype=np.float32):
-    out = _allocate(shape, dtype)
+    out = allocate(shape, dtype)
     out.view(np.ndarray)[...] = fill_value
     return out
 
@@ -133,7 +55,7 @@ def asarray(array, dtype=None):
     if isinstance(array, DeviceArray) and (dtype is None or np.dtype(dtype) == array.dtype):
         return array
     host = np.asarray(array, dtype=dtype)
-    out = _allocate(host.shape, host.dtype)
+    out = allocate(host.shape, host.dtype)
     out.view(np.ndarray)[...] = host
     return out
 
@@ -211,7 +133,7 @@ class _Runtime:
         return self._device
 
     def memcpyAsync(self, dst: int, src: int, nbytes: int, kind: int, stream: int):
-        wants = {1: (_is_host, find_allocation), 3: (find_allocation, find_allocation)}.get(kind)
+        wants = {1: (is_host, find_allocation), 3: (find_allocation, find_allocation)}.get(kind)
         if wants is None:
             raise NotImplementedError(f"memcpyAsync kind {kind} is not emulated")
         src_ok, dst_ok = wants

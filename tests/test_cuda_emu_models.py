@@ -71,3 +71,26 @@ def test_tiny_decoders_match_the_cpu_engine(name, dtype):
     sequences = [ids[a:b] for a, b in zip(cu[:-1], cu[1:])]
     got, want = emu.embed(emu.pack(sequences)), cpu.embed(cpu.pack(sequences))
     assert cosines(want, got).min() >= (0.99999 if dtype == "float32" else 0.999)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("name", ["all-MiniLM-L6-v2", "tiny-bert-fp32"])
+def test_the_padded_graph_layout_gives_the_eager_vectors(name, dtype):
+    """What cuda_graphs.py relies on, through the real kernels: a batch padded to its bucket
+    (padding tokens in no sequence, empty trailing sequences, max_len = the bucket) gives the
+    same vectors. Graph capture itself is not emulated; the forward it captures is this one."""
+    from tinyembed.engine.ops.cuda_graphs import bucket_for, padded_inputs
+
+    path = minilm() if name.startswith("all-") else str(FIXTURES / name)
+    cpu = load_engine(path, device="cpu")
+    ops = emulated_ops(dtype)
+    emu = Engine(name, cpu.spec, ops)
+    rng = np.random.default_rng(3)
+    for lengths in ([5], [1, 7, 3], [30, 2, 1, 7, 9]):
+        batch = emu.pack([rng.integers(3, cpu.spec.vocab_size, n).astype(np.int32) for n in lengths])
+        tokens, seqs = bucket = bucket_for(batch.num_tokens, len(batch), 256)
+        (staged,) = ops.upload_arrays(padded_inputs(batch, bucket))
+        views = staged[:tokens], staged[tokens:2 * tokens], staged[2 * tokens:]
+        padded = ops.to_host(emu.model.forward_arrays(*views, tokens))
+        assert padded.shape[0] == seqs
+        np.testing.assert_allclose(padded[:len(batch)], emu.embed(batch), atol=2e-3 if dtype == "float16" else 1e-6)

@@ -30,6 +30,12 @@ typedef __nv_bfloat16 T;
 #error "TE_DTYPE must be 0 (float32), 1 (float16) or 2 (bfloat16)"
 #endif
 
+// Dynamic shared memory, for a kernel that needs it: the CPU emulator (kernels/cuda/emulate/)
+// cannot compile `extern __shared__` and defines this macro its own way.
+#ifndef TE_EXTERN_SHARED
+#define TE_EXTERN_SHARED(type, name) extern __shared__ __align__(16) type name[]
+#endif
+
 // -inf without <cmath> (NVRTC has no INFINITY macro).
 #define TE_NEG_INF __uint_as_float(0xff800000u)
 

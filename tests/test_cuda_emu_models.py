@@ -19,7 +19,7 @@ from engine_fixtures import FIXTURES, TINY_DECODERS
 pytestmark = needs_cxx
 # dtype -> worst per-vector cosine against the float32 CPU engine (DESIGN.md: 0.9999 for fp16)
 BOUND = {"float32": 0.99999, "float16": 0.9999, "bfloat16": 0.999}
-TINY_ENCODERS = ["tiny-bert-fp32", "tiny-xlmr-fp32"]
+TINY_ENCODERS = ["tiny-bert-fp32", "tiny-xlmr-fp32", "tiny-bert-fp16", "tiny-xlmr-bf16", "tiny-bert-bf16-prefixed"]
 
 
 def cosines(a, b):

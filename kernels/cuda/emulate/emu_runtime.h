@@ -64,6 +64,8 @@ struct Exchange {  // per warp, two of them used in turn (see emu_warp.h)
     uint64_t value[32];
     const void* ptr[32];
     unsigned regs[32][10];
+    float product[16][8];  // mma: A * B, computed once by the first lane to need it
+    bool computed;
 };
 
 struct Warp {

@@ -125,24 +125,29 @@ inline void mma_16816(float* c, const unsigned* a, const unsigned* b, const char
     for (int i = 0; i < 4; ++i) x.regs[lane][i] = a[i];
     x.regs[lane][4] = b[0];
     x.regs[lane][5] = b[1];
+    x.computed = false;  // every lane writes before the meeting, none computes before it
     warp_meet(OP_MMA, 0xffffffffu, file, line);
-    float A[16][16], B[16][8];
-    for (int l = 0; l < 32; ++l) {
-        const int g = l >> 2, t = l & 3;
-        for (int i = 0; i < 8; ++i) {
-            const int row = (i == 0 || i == 1 || i == 4 || i == 5) ? g : g + 8;
-            const int col = 2 * t + (i & 1) + (i >= 4 ? 8 : 0);
-            A[row][col] = mma_element<BF16>(x.regs[l][i / 2], i & 1);
+    if (!x.computed) {  // the first lane after the meeting assembles A and B from all 32 lanes
+        float A[16][16], B[16][8];
+        for (int l = 0; l < 32; ++l) {
+            const int g = l >> 2, t = l & 3;
+            for (int i = 0; i < 8; ++i) {
+                const int row = (i == 0 || i == 1 || i == 4 || i == 5) ? g : g + 8;
+                const int col = 2 * t + (i & 1) + (i >= 4 ? 8 : 0);
+                A[row][col] = mma_element<BF16>(x.regs[l][i / 2], i & 1);
+            }
+            for (int i = 0; i < 4; ++i) B[2 * t + (i & 1) + (i >= 2 ? 8 : 0)][g] = mma_element<BF16>(x.regs[l][4 + i / 2], i & 1);
         }
-        for (int i = 0; i < 4; ++i) B[2 * t + (i & 1) + (i >= 2 ? 8 : 0)][g] = mma_element<BF16>(x.regs[l][4 + i / 2], i & 1);
+        for (int row = 0; row < 16; ++row)
+            for (int col = 0; col < 8; ++col) {
+                float p = 0.0f;
+                for (int k = 0; k < 16; ++k) p += A[row][k] * B[k][col];  // products are exact in float32
+                x.product[row][col] = p;
+            }
+        x.computed = true;
     }
     const int g = lane >> 2, t = lane & 3;
-    for (int i = 0; i < 4; ++i) {
-        const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
-        float acc = c[i];
-        for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];  // products are exact in float32
-        c[i] = acc;
-    }
+    for (int i = 0; i < 4; ++i) c[i] += x.product[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)];
     finish_collective();
 }
 

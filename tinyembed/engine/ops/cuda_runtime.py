@@ -41,7 +41,7 @@ KERNELS = {
 KERNEL_FILES = tuple(KERNELS)
 
 _cupy = None
-_modules: dict[tuple[str, int], object] = {}  # (file, TE_DTYPE) -> RawModule, shared by all CudaOps
+_modules: dict[tuple[str, int, str], object] = {}  # (file, TE_DTYPE, device module) -> RawModule, shared by all CudaOps
 _modules_lock = threading.Lock()
 _to_bf16: dict[str, object] = {}  # device module -> ElementwiseKernel float32 -> bfloat16 bits, built on first use
 

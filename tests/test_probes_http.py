@@ -129,7 +129,8 @@ def test_invalid_utf8_tokenize_is_400(probed):
     assert reply.status in (200, 400), reply
 
 
-@pytest.mark.parametrize("limit", ["%D9%A3", "%C2%B2", "1%00", "-1", "0", "1e3", "%EF%BC%91", "99999999999999999999"])
+@pytest.mark.parametrize("limit", ["%D9%A3", "%C2%B2", "1%00", "-1", "0", "1e3", "%EF%BC%91", "99999999999999999999",
+                                   "1_0", "%2B10", "+10", "%2010%20", "10%20", "%0910", "0x10", ""])
 def test_query_limit_is_ascii_digits_only(probed, limit):
     for path in ("/v1/files", "/v1/batches"):
         assert_4xx(call(probed, "GET", f"{path}?limit={limit}"))

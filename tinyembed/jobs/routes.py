@@ -64,7 +64,8 @@ class BatchApi:
         self.jobs = batch_jobs.JobRunner(
             self.store, app.runner, self.find_engine, max_inputs=limits.max_inputs,
             max_tokens=limits.max_tokens_per_request, auto_truncate=app.config.auto_truncate,
-            max_requests=max_requests, retention_seconds=retention_seconds, pool=app.pool, **job_options)
+            max_requests=max_requests, retention_seconds=retention_seconds, pool=app.pool,
+            label=getattr(app, "label", None), **job_options)
         self._sweeper: asyncio.Task | None = None
         self.routes = {
             "/v1/files": {"GET": self.list_files, "POST": self.upload},

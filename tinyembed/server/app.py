@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 from tinyembed.server import openapi
 from tinyembed.server import limits as limits_
-from tinyembed.server.auth import ApiKeys
+from tinyembed.server.auth import ApiKeys, KeyLabels
 from tinyembed.server.limits import echo
 from tinyembed.server.memory import MemoryReturner
 from tinyembed.server.config import ModelSource, ServerConfig
@@ -85,6 +85,8 @@ class App:
     def __init__(self, config: ServerConfig, runner: Runner | None = None, loader=load_models, mounts=()):
         self.config = config
         self.keys = ApiKeys(config.api_keys)
+        self.label = KeyLabels(config.metrics_label_secret)  # how /metrics names a key: an HMAC, never the key
+        self.metrics_key = ApiKeys((config.metrics_key,)) if config.metrics_key else None
         self.limiter = RateLimiter(config.rate) if config.rate.enabled else None
         self.runner: Runner = runner or make_runner(config)
         self.loader = loader
@@ -210,6 +212,10 @@ class App:
         key = None
         if route not in self.open_routes:
             key = self._authenticate(headers)
+        elif route == "/metrics" and self.metrics_key is not None and \
+                self.metrics_key.check(headers.get("authorization")) is None:
+            raise ApiError(401, "invalid_api_key", "GET /metrics needs the metrics key (--metrics-key) as "
+                           "'Authorization: Bearer <key>'.", headers=(("WWW-Authenticate", "Bearer"),))
         verb = "GET" if method == "HEAD" else method
         handler = methods.get(verb)
         if handler is None:
@@ -277,7 +283,7 @@ class App:
         # The deadline grows with the request's own compute time: an admitted request can finish.
         deadline = limits_.deadline(request.arrived, limits.request_timeout, tokens,
                                     limits_.drain_rate(self.runner, engine))
-        vectors = await self.runner.embed(engine, sequences, tier=tier, key=ctx.key, deadline=deadline)
+        vectors = await self.runner.embed(engine, sequences, tier=tier, key=self.label(ctx.key), deadline=deadline)
         ctx.embed_s = time.monotonic() - started
         vectors = engine.with_dimensions(vectors, req.dimensions)
         args = (vectors, req.encoding_format == "base64", req.model, tokens, tier)
@@ -370,7 +376,7 @@ class App:
         fields = {
             "request_id": request.id, "client": request.client, "method": request.method,
             "path": request.path, "status": response.status, "ms": round(elapsed * 1000, 2),
-            "bytes": len(response.body), "key": ctx.key if self.keys.enabled else None, "model": ctx.model,
+            "bytes": len(response.body), "key": self.label(ctx.key) if self.keys.enabled else None, "model": ctx.model,
             "tokens": ctx.tokens, "tokenize_ms": round(ctx.tokenize_s * 1000, 2),
             "embed_ms": round(ctx.embed_s * 1000, 2),
         }

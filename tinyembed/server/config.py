@@ -76,6 +76,8 @@ class ServerConfig:
     models: tuple[ModelSource, ...] = (ModelSource(DEFAULT_MODEL, DEFAULT_MODEL),)
     # repr=False: keys must never reach a log line, even one that prints the config.
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    metrics_key: str | None = field(default=None, repr=False)  # set: GET /metrics needs this Bearer key
+    metrics_label_secret: str | None = field(default=None, repr=False)  # HMAC secret of usage labels (auth.py)
     auto_truncate: bool = False
     device: str = "cpu"
     dtype: str | None = None

@@ -11,6 +11,7 @@ a small max_length so that texts of a few hundred characters reach the cut.
 from __future__ import annotations
 
 import copy
+import os
 import re
 
 import numpy as np
@@ -23,7 +24,8 @@ from tinyembed.engine import load_engine, textcap
 
 from engine_fixtures import FIXTURES
 
-PROPERTY = settings(max_examples=300, derandomize=True, deadline=None, database=None,
+EXAMPLES = int(os.environ.get("TEXTCAP_EXAMPLES", "300"))  # more for a deeper local run
+PROPERTY = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
                     suppress_health_check=list(HealthCheck))
 SMALL_MAX = 12  # tokens: cuts at 96 and 768 characters
 
@@ -31,6 +33,8 @@ pieces = st.sampled_from([
     " ", "  ", "\t", "\n", "\r\n", "\x1c", "\x1d", "\x1e", "\x1f", "\x00", "\u00a0", "\u2028", "\u3000",
     ".", "...", "!?", "-", "'s", "\u0301", "e\u0301", "\u00e9", "\ufb01", "\u2460", "\u4e2d\u6587", "\U0001f600",
     "word", "Hello", "tokenizer", "a" * 40, "x" * 120, "ab" * 70, ".," * 30, " " * 50, "\x1c" * 30,
+    "'ll", "'S", "1234567", "3.14", "\r\n\r\n", "\u0915\u094d\u0937", "\u05e9\u05dc\u05d5\u05dd", "\u200b", "\ufeff",
+    "\u00ad", "\uff21\uff22", "\u2167", "A\u030a", "\u1100\u1161", "\U0001d400", "\u0130", "\u03a3\u03a3",
 ])
 texts = st.lists(pieces | st.text(max_size=12), min_size=1, max_size=160).map("".join)
 
@@ -88,11 +92,13 @@ def test_cut_truncation_is_the_tokenizers_own(tokenizer, text):
 
 
 @PROPERTY
-@given(text=texts, filler=st.sampled_from(["", "word ", "a.b ", "\x1c", "lorem ipsum, "]))
-def test_long_texts_truncate_exactly(tokenizer, text, filler):
-    """Past the first cut (8 characters per token) with the interesting bits near the cut."""
+@given(text=texts, filler=st.sampled_from(["", "word ", "a.b ", "\x1c", "lorem ipsum, "]),
+       input_type=st.sampled_from([None, "query"]))
+def test_long_texts_truncate_exactly(tokenizer, text, filler, input_type):
+    """Past the first cut (8 characters per token) with the interesting bits near the cut; with
+    the model's prompt in front where it has one (xlmr: "query: ")."""
     head = filler * (textcap.FIRST_CHARS_PER_TOKEN * SMALL_MAX // max(1, len(filler)) - 3) if filler else ""
-    check(tokenizer, head + text)
+    check(tokenizer, head + text, input_type if tokenizer.input_type_prompts else None)
 
 
 def test_the_issues_cases_are_exact(tokenizer):

@@ -9,10 +9,14 @@ on a few probe slots above the cap. A new connection that stays silent is closed
 from __future__ import annotations
 
 import json
+import resource
+import subprocess
+import sys
 
 import pytest
 
-from conftest import TINY_MODEL, RawClient, post, start_server
+from conftest import ROOT, TINY_MODEL, RawClient, post, start_server
+from tinyembed.server.slots import FD_HEADROOM
 
 CAP = 8
 PROBE_SLOTS = 32  # server/slots.py
@@ -129,3 +133,33 @@ def test_a_silent_new_connection_is_closed_after_the_first_byte_timeout(hasty):
     talking.send(HEALTH)
     assert talking.response().status == 200
     talking.close()
+
+
+def test_the_open_file_limit_is_raised_to_fit_the_cap(tmp_path_factory):
+    """Started with a soft limit of 256 files and the default cap of 1024: without raising it,
+    accept() fails past ~250 sockets and nobody, /health included, gets in."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1024 + 2 * PROBE_SLOTS + 400:
+        pytest.skip(f"the hard open-file limit ({hard}) is too low for this test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # inherited by the server process
+    try:
+        proc = start_server(tmp_path_factory, "fd-limit", ["--model", f"tiny={TINY_MODEL}", "--no-access-log"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    idle = []
+    try:
+        idle = clients(proc.port, 400)
+        probe = RawClient(proc.port, timeout=20)
+        probe.send(HEALTH)
+        assert probe.response().status == 200
+        probe.close()
+    finally:
+        close_all(idle)
+        assert proc.stop() == 0, proc.log()
+
+
+def test_a_hard_limit_below_the_cap_lowers_the_cap():
+    script = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200)); "
+              "from tinyembed.server.slots import fit_fd_limit; print(fit_fd_limit(1024), fit_fd_limit(50))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == [str(200 - PROBE_SLOTS - FD_HEADROOM), "50"]

@@ -115,6 +115,7 @@ class Server:
         return self.body_bytes
 
     async def listen(self, host: str, port: int) -> list[tuple]:
+        self.slots.cap = slots_.fit_fd_limit(self.slots.cap, self.slots.probe_slots)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: Connection(self), host, port, backlog=1024)
         return [sock.getsockname() for sock in self._server.sockets]

@@ -13,16 +13,51 @@ the cap:
 4. else it gets 503 "Too many open connections" and is closed.
 A limited connection that sends nothing is itself the first to go (rule 1), so an attacker
 opening connections cannot keep the probe slots either.
+
+The cap only works below the process's open-file limit: past it accept() fails (EMFILE) and no
+one, probes included, gets in. `fit_fd_limit` raises the soft limit to what the cap needs (the
+hard limit allows that without privileges) or, where the hard limit is lower, lowers the cap.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
+
+try:
+    import resource
+except ImportError:  # not on POSIX: nothing to fit
+    resource = None
+
+log = logging.getLogger("tinyembed.server")
+FD_HEADROOM = 64  # descriptors besides client sockets: listening socket, model files, sqlite, pipes
 
 PROBE_SLOTS = 32
 PROBE_PATHS = frozenset({"/health", "/ready"})
 
 ADMIT, LIMITED, REFUSE = "admit", "limited", "refuse"
+
+
+def fit_fd_limit(cap: int, probe_slots: int = PROBE_SLOTS) -> int:
+    """Raise the soft open-file limit so `cap` connections (+ probe slots + headroom) fit;
+    -> the cap that fits (lower than `cap` only when the hard limit is)."""
+    if resource is None:
+        return cap
+    needed = cap + probe_slots + FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return cap
+    fitted = max(1, soft - probe_slots - FD_HEADROOM)
+    log.warning("the open-file limit is %d (hard limit %s): --max-connections %d lowered to %d", soft, hard, cap,
+                fitted)
+    return fitted
 
 
 class Slots:

@@ -8,8 +8,11 @@ error envelope, so a client never sees a traceback (a bug is a 500 with a reques
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import math
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +22,7 @@ from urllib.parse import unquote
 
 from tinyembed.server import openapi
 from tinyembed.server import limits as limits_
-from tinyembed.server.auth import ApiKeys
+from tinyembed.server.auth import ApiKeys, KeyLabels
 from tinyembed.server.limits import echo
 from tinyembed.server.memory import MemoryReturner
 from tinyembed.server.config import ModelSource, ServerConfig
@@ -39,9 +42,27 @@ log = logging.getLogger("tinyembed")
 access_log = logging.getLogger("tinyembed.access")
 
 JSON_TYPES = ("application/json",)
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})  # their bodies are read and dropped
 ENCODE_OFF_LOOP = 65536  # floats; bigger responses are encoded on a worker thread
 # /docs: a static page (routes, a box to try embeddings, a similarity matrix) that calls the API from the browser
 DOCS_PAGE = resources.files("tinyembed.server").joinpath("docs_page.html").read_bytes()
+
+
+def _docs_headers(page: bytes) -> tuple[tuple[str, str], ...]:
+    """Security headers of /docs: its own inline script and style run (by hash), nothing else
+    loads, it talks only to this server, and no other site may frame it (clickjacking: the page
+    holds the key a user typed)."""
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rb"<%s>(.*?)</%s>" % (tag.encode(), tag.encode()), page, re.S)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b).digest()).decode()}'" for b in blocks)
+    policy = (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+              "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return (("Content-Security-Policy", policy), ("X-Frame-Options", "DENY"),
+            ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"),
+            ("Cache-Control", "no-cache"))
+
+
+DOCS_HEADERS = _docs_headers(DOCS_PAGE)
 
 
 @dataclass
@@ -84,6 +105,8 @@ class App:
     def __init__(self, config: ServerConfig, runner: Runner | None = None, loader=load_models, mounts=()):
         self.config = config
         self.keys = ApiKeys(config.api_keys)
+        self.label = KeyLabels(config.metrics_label_secret)  # how /metrics names a key: an HMAC, never the key
+        self.metrics_key = ApiKeys((config.metrics_key,)) if config.metrics_key else None
         self.limiter = RateLimiter(config.rate) if config.rate.enabled else None
         self.runner: Runner = runner or make_runner(config)
         self.loader = loader
@@ -122,6 +145,10 @@ class App:
         self.m_tokens = m.histogram("tinyembed_request_tokens", "Tokens per embeddings request", buckets=TOKEN_BUCKETS)
         self.m_in_flight = m.gauge("tinyembed_requests_in_flight", "Requests being answered")
         self.m_connections = m.gauge("tinyembed_open_connections", "Open client connections")
+        self.m_body_bytes = m.gauge("tinyembed_request_body_bytes",
+                                    "Bytes held by request bodies received and not yet answered")
+        self.m_evictions = m.gauge("tinyembed_connections_evicted",
+                                   "Idle connections closed to make room at the connection cap (since start)")
         self.m_ready = m.gauge("tinyembed_ready", "1 once every model is loaded")
         self.m_in_flight.set(0)
         self.m_ready.set(0)
@@ -181,7 +208,16 @@ class App:
         return response
 
     async def _dispatch(self, request: Request, ctx: Context) -> Response:
-        path = request.path
+        route, handler, params, key = self._route(request.method, request.path, request.headers)
+        ctx.route, ctx.key = route, (key if self.keys.enabled or key is None else f"client:{request.client}")
+        if route not in self.open_routes and not self.ready:
+            raise _provisioning()
+        return await handler(request, ctx, **params)
+
+    def _route(self, method: str, path: str, headers: dict):
+        """-> (route, handler, params, key) or raises ApiError: 404 for no route; then, on routes
+        that need a key, 401 before anything else (a client without a key learns nothing about
+        a route's methods); then 405; then 415 for a POST body that is not JSON."""
         route, params = path, {}
         if path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
             route, params = "/v1/models/{id}", {"id": unquote(path[len("/v1/models/"):])}
@@ -192,26 +228,38 @@ class App:
                     break
         methods = self.routes.get(route)
         if methods is None:
-            raise ApiError(404, "not_found", f"No route {request.method} {path}. See /openapi.json.")
-        ctx.route = route
-        method = "GET" if request.method == "HEAD" else request.method
-        handler = methods.get(method)
+            raise ApiError(404, "not_found", f"No route {echo(method)} {echo(path)}. See /openapi.json.")
+        key = None
+        if route not in self.open_routes:
+            key = self._authenticate(headers)
+        elif route == "/metrics" and self.metrics_key is not None and \
+                self.metrics_key.check(headers.get("authorization")) is None:
+            raise ApiError(401, "invalid_api_key", "GET /metrics needs the metrics key (--metrics-key) as "
+                           "'Authorization: Bearer <key>'.", headers=(("WWW-Authenticate", "Bearer"),))
+        verb = "GET" if method == "HEAD" else method
+        handler = methods.get(verb)
         if handler is None:
             allow = ", ".join(sorted({*methods, "HEAD"} if "GET" in methods else methods))
-            raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed on {route}; use {allow}.",
+            raise ApiError(405, "method_not_allowed", f"{echo(method)} is not allowed on {route}; use {allow}.",
                            headers=(("Allow", allow),))
-        if route not in self.open_routes:
-            ctx.key = self._authenticate(request)
-            if not self.ready:
-                raise _provisioning()
-            if method == "POST" and route not in self.raw_body_routes:
-                _require_json(request)
-        return await handler(request, ctx, **params)
+        if verb == "POST" and route not in self.open_routes and route not in self.raw_body_routes:
+            _require_json(headers)
+        return route, handler, params, key
 
-    def _authenticate(self, request: Request) -> str:
+    def gate(self, method: str, path: str, headers: dict) -> tuple[bool, Response | None]:
+        """The HTTP layer asks this when a request's head is in, before any of its body is kept:
+        (read the body?, the refusal to answer instead). See http.py "Body memory"."""
+        try:
+            self._route(method, path, headers)
+        except ApiError as e:
+            return False, error_response(e.status, e.code, e.message, e.param, e.headers)
+        return method not in BODYLESS_METHODS, None
+
+    def _authenticate(self, headers: dict) -> str:
+        """The key's name; "" when no keys are configured (the caller names the client)."""
         if not self.keys.enabled:
-            return f"client:{request.client}"
-        name = self.keys.check(request.headers.get("authorization"))
+            return ""
+        name = self.keys.check(headers.get("authorization"))
         if name is None:
             raise ApiError(401, "invalid_api_key", "Incorrect or missing API key. Send it as "
                            "'Authorization: Bearer <key>'.", headers=(("WWW-Authenticate", "Bearer"),))
@@ -255,7 +303,7 @@ class App:
         # The deadline grows with the request's own compute time: an admitted request can finish.
         deadline = limits_.deadline(request.arrived, limits.request_timeout, tokens,
                                     limits_.drain_rate(self.runner, engine))
-        vectors = await self.runner.embed(engine, sequences, tier=tier, key=ctx.key, deadline=deadline)
+        vectors = await self.runner.embed(engine, sequences, tier=tier, key=self.label(ctx.key), deadline=deadline)
         ctx.embed_s = time.monotonic() - started
         vectors = engine.with_dimensions(vectors, req.dimensions)
         args = (vectors, req.encoding_format == "base64", req.model, tokens, tier)
@@ -329,6 +377,8 @@ class App:
     async def metrics(self, request: Request, ctx: Context) -> Response:
         if self.server is not None:
             self.m_connections.set(len(self.server.connections))
+            self.m_body_bytes.set(self.server.buffered_body_bytes())
+            self.m_evictions.set(self.server.slots.evictions)
         text = self.registry.render() + self.runner.metrics()
         return Response(200, text.encode(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -339,14 +389,14 @@ class App:
         return Response(200, self._openapi[1])
 
     async def docs_page(self, request: Request, ctx: Context) -> Response:
-        return Response(200, DOCS_PAGE, content_type="text/html; charset=utf-8")
+        return Response(200, DOCS_PAGE, content_type="text/html; charset=utf-8", headers=DOCS_HEADERS)
 
     # -- logging -------------------------------------------------------------------------------------
     def _log_access(self, request: Request, response: Response, ctx: Context, elapsed: float) -> None:
         fields = {
             "request_id": request.id, "client": request.client, "method": request.method,
             "path": request.path, "status": response.status, "ms": round(elapsed * 1000, 2),
-            "bytes": len(response.body), "key": ctx.key if self.keys.enabled else None, "model": ctx.model,
+            "bytes": len(response.body), "key": self.label(ctx.key) if self.keys.enabled else None, "model": ctx.model,
             "tokens": ctx.tokens, "tokenize_ms": round(ctx.tokenize_s * 1000, 2),
             "embed_ms": round(ctx.embed_s * 1000, 2),
         }
@@ -366,8 +416,8 @@ def _provisioning() -> ApiError:
                     headers=(("Retry-After", "5"),))
 
 
-def _require_json(request: Request) -> None:
-    content_type = request.headers.get("content-type")
+def _require_json(headers: dict) -> None:
+    content_type = headers.get("content-type")
     if content_type is None:
         return  # lenient: a body without a type is read as JSON
     media = content_type.split(";", 1)[0].strip().lower()
@@ -394,7 +444,7 @@ async def run_server(config: ServerConfig, *, runner: Runner | None = None, load
     """Serve until SIGTERM/SIGINT (or `stop` is set); returns the exit code."""
     stop = stop or asyncio.Event()
     app = App(config, runner, loader, mounts)
-    server = app.server = Server(app.handle, config.http, on_reject=app.count_reject)
+    server = app.server = Server(app.handle, config.http, on_reject=app.count_reject, gate=app.gate)
     addresses = await server.listen(config.host, config.port)
     for address in addresses:
         log.info("tinyembed listening on http://%s:%d", *address[:2])

@@ -25,7 +25,7 @@ from tinyembed.server.protocol import (INPUT_SHAPES, REQUEST_TYPES, RESPONSE_TYP
                                        ModelCard, ModelList, Status, TokenizeRequest, TokenizeResponse)
 
 REF = "#/components/schemas/{name}"
-HTTP_LAYER = (400, 408, 413, 431, 503)  # any request can get these from server/http.py
+HTTP_LAYER = (400, 408, 413, 431, 501, 503)  # any request can get these from server/http.py (501: a transfer coding)
 JSON = "application/json"
 
 
@@ -70,6 +70,7 @@ class Served:
     auth: bool = False
     rate_limited: bool = False
     open_routes: frozenset = frozenset()
+    metrics_key: bool = False  # GET /metrics needs its own Bearer key
 
 
 def _ref(kind, types: list) -> dict:
@@ -87,7 +88,7 @@ def _operation(route: str, op: Operation, served: Served, types: list) -> dict:
     else:
         ok["content"] = {op.content: {}}
     statuses = set(HTTP_LAYER) | set(op.errors)
-    secured = served.auth and route not in served.open_routes
+    secured = (served.auth and route not in served.open_routes) or (route == "/metrics" and served.metrics_key)
     if secured:
         statuses.add(401)
     if op.rate_limited and served.rate_limited:
@@ -164,6 +165,7 @@ def served_from(app) -> Served:
         auth=app.keys.enabled,
         rate_limited=app.limiter is not None,
         open_routes=frozenset(app.open_routes),
+        metrics_key=app.metrics_key is not None,
     )
 
 

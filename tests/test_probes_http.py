@@ -198,7 +198,7 @@ def test_a_15mb_text_is_cheap(probed):
 def test_a_long_text_without_spaces_is_refused_not_guessed(probed):
     """One 5 MB word: its first max_length x 64 characters do not settle its tokens (what the
     tokenizer makes of it depends on characters the server does not read), so it is refused,
-    truncate on or off, instead of embedded from a guess (engine/textcap.py)."""
+    truncate on or off, instead of embedded from a guess (engine/text/textcap.py)."""
     text = "x" * 5_000_000
     for body in ({"model": "tiny", "input": text, "truncate": True}, {"model": "tiny", "input": text}):
         reply = call(probed, "POST", "/v1/embeddings", body)

@@ -1,4 +1,4 @@
-"""The text cap (engine/textcap.py) never changes what the tokenizer would say about the full
+"""The text cap (engine/text/textcap.py) never changes what the tokenizer would say about the full
 text: truncating gives exactly the tokenizer's own truncation of the whole input, a count in an
 error is a true lower bound, and an input it cannot settle is refused rather than guessed.
 
@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinyembed.common.errors import InputError
-from tinyembed.engine import load_engine, textcap
+from tinyembed.engine import load_engine
+from tinyembed.engine.text import textcap
 
 from engine_fixtures import FIXTURES
 

@@ -70,9 +70,10 @@ def ranges_for(calibration: np.ndarray, dimensions: int | None = None) -> np.nda
 class Calibration:
     """A model's calibration vectors and the int8 ranges derived from them, per width."""
 
-    def __init__(self, vectors: np.ndarray, source: str):
+    def __init__(self, vectors: np.ndarray, source: str, corpus_id: str = ""):
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # (N, H) unit rows
         self.source = source  # the file it was read from or written to ("" when kept in memory only)
+        self.corpus_id = corpus_id  # which corpus (name:hash) the vectors embed
         self._ranges: dict[int | None, np.ndarray] = {}
 
     def ranges(self, dimensions: int | None = None) -> np.ndarray:
@@ -95,9 +96,9 @@ def load_or_calibrate(model_dir: Path, embed_texts) -> Calibration:
     for file in (beside, cached):
         vectors = _read(file, texts)
         if vectors is not None:
-            return Calibration(vectors, str(file))
+            return Calibration(vectors, str(file), _corpus_id(texts))
     vectors = np.asarray(embed_texts(texts), dtype=np.float32)
-    return Calibration(vectors, _write(cached, vectors, texts))
+    return Calibration(vectors, _write(cached, vectors, texts), _corpus_id(texts))
 
 
 def write_beside(model_dir: Path, calibration: Calibration) -> Path:

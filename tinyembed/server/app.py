@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import unquote
 
-from tinyembed.server import openapi
+from tinyembed.server import openapi, rerank
 from tinyembed.server import limits as limits_
 from tinyembed.server.auth import ApiKeys
 from tinyembed.server.limits import echo
@@ -27,8 +27,8 @@ from tinyembed.engine import Engine
 from tinyembed.common.errors import InputError, TinyEmbedError
 from tinyembed.server.http import Request, Response, Server, error_response
 from tinyembed.common.metrics import TOKEN_BUCKETS, Registry
-from tinyembed.server.protocol import (ApiError, EmbeddingRequest, ModelCard, ModelList, Status, TokenizeRequest,
-                       TokenizeResponse, Tokens, Usage, decode_request, encode, encode_embeddings,
+from tinyembed.server.protocol import (ApiError, EmbeddingRequest, ModelCard, ModelList, Quantization, Status,
+                       TokenizeRequest, TokenizeResponse, Tokens, Usage, decode_request, encode, encode_embeddings,
                        check_no_prompt_for_ids, parse_input, parse_texts)
 from tinyembed.server.ratelimit import RateLimited, RateLimiter
 from tinyembed.scheduler.runner import DeadlineExceeded, DirectRunner, Overloaded, Runner
@@ -108,6 +108,7 @@ class App:
         # Route groups from the layers above the server (the Files/Batches API): the entry point
         # hands in `mount(app) -> group | None`; a group adds its routes to app.routes and has
         # match(path), raw_body_routes, start() and async stop().
+        mounts = (rerank.mount, *mounts)  # issue 29: /v1/rerank and /rerank (server/rerank.py)
         self.groups = [group for group in (mount(self) for mount in mounts) if group is not None]
         self.raw_body_routes = frozenset().union(*(group.raw_body_routes for group in self.groups))
         openapi.document(list(self.routes), extra=openapi.operations_of(self.groups))  # every route described
@@ -235,6 +236,7 @@ class App:
         served = self._model(req.model)
         engine, limits = served.engine, self.config.requests
         ctx.model = served.id
+        _embedding_model(served)  # issue 29: a reranker answers /v1/rerank only
         if req.dimensions is not None and req.dimensions > engine.info.dimensions:
             raise ApiError(400, "invalid_request", f"'dimensions' must be between 1 and {engine.info.dimensions} "
                            f"for model '{served.id}'.", "dimensions")
@@ -258,6 +260,7 @@ class App:
         vectors = await self.runner.embed(engine, sequences, tier=tier, key=ctx.key, deadline=deadline)
         ctx.embed_s = time.monotonic() - started
         vectors = engine.with_dimensions(vectors, req.dimensions)
+        vectors = engine.quantize(vectors, req.output_dtype or "float", req.dimensions)  # issue 29
         args = (vectors, req.encoding_format == "base64", req.model, tokens, tier)
         if vectors.size > ENCODE_OFF_LOOP:
             body = await asyncio.get_running_loop().run_in_executor(self.pool, encode_embeddings, *args)
@@ -358,7 +361,24 @@ def _card(served: Served) -> ModelCard:
     info = served.engine.info
     return ModelCard(id=served.id, created=served.created, root=served.root, dimensions=info.dimensions,
                      max_input_tokens=info.max_input_tokens, device=info.device, kernels=info.kernels,
-                     family=info.family, prompts=list(info.prompts))
+                     family=info.family, prompts=list(info.prompts), **_task_fields(served.engine))
+
+
+def _task_fields(engine: Engine) -> dict:
+    """issue 29: a reranker says so; an embedding model reports its int8 calibration."""
+    if engine.info.task == "rerank":
+        return {"supported_features": ["rerank"]}
+    calibration = engine.calibration
+    return {"quantization": Quantization(
+        output_dtypes=["float", "int8", "uint8", "binary", "ubinary"], calibration_corpus=calibration.corpus_id,
+        calibration_texts=len(calibration.vectors), int8_ranges=calibration.ranges().tolist())}
+
+
+def _embedding_model(served: Served) -> None:
+    """/v1/embeddings (and batch lines) on a reranker: a clear 400 pointing at /v1/rerank."""
+    if served.engine.info.task != "embeddings":
+        raise ApiError(400, "invalid_request", f"Model '{served.id}' is a reranker (a cross-encoder): it scores "
+                       "(query, document) pairs at POST /v1/rerank and has no embeddings.", "model")
 
 
 def _provisioning() -> ApiError:

@@ -16,6 +16,7 @@ above the server (the Files/Batches API) describe their own operations in the sa
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 
 import msgspec
@@ -75,6 +76,8 @@ class Served:
 def _ref(kind, types: list) -> dict:
     if isinstance(kind, dict):
         return kind
+    if typing.get_origin(kind) is list:  # a JSON array of Structs (TEI's /rerank answers one)
+        return {"type": "array", "items": _ref(typing.get_args(kind)[0], types)}
     if kind not in types:
         types.append(kind)
     return {"$ref": REF.format(name=kind.__name__)}
@@ -159,7 +162,7 @@ def served_from(app) -> Served:
     return Served(
         models=list(app.models),
         min_vocab=min((e.tokenizer.vocab_size for e in engines), default=None),
-        min_dimensions=min((e.info.dimensions for e in engines), default=None),
+        min_dimensions=min((e.info.dimensions for e in engines if e.info.task == "embeddings"), default=None),
         max_inputs=app.config.requests.max_inputs,
         auth=app.keys.enabled,
         rate_limited=app.limiter is not None,

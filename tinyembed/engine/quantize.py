@@ -102,7 +102,8 @@ def load_or_calibrate(model_dir: Path, embed_texts) -> Calibration:
 
 
 def write_beside(model_dir: Path, calibration: Calibration) -> Path:
-    """Store a calibration beside the model (`python -m tinyembed.engine.quantize MODEL_DIR`)."""
+    """Store a calibration beside the model, e.g. before shipping a model folder read-only:
+    write_beside(path, load_engine(path).calibration)."""
     file = Path(model_dir) / CALIBRATION_FILE
     _write(file, calibration.vectors, corpus())
     return file
@@ -154,11 +155,3 @@ def _cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tinyembed")
     return Path(root) / "calibration"
 
-
-if __name__ == "__main__":  # python -m tinyembed.engine.quantize MODEL: calibrate and store beside it
-    import sys
-
-    from tinyembed.engine.backend import load_engine
-
-    engine = load_engine(sys.argv[1])
-    print(write_beside(engine.spec.path, engine.calibration))

@@ -62,3 +62,36 @@ def test_pgvector_float_and_binary_rerank_equal_brute_force(pg_server, minilm, t
         best = np.argsort(-scores, kind="stable")[:K]
         assert [h["id"] for h in hits["reranked"]] == [ids[i] for i in best], query
         np.testing.assert_allclose([h["relevance_score"] for h in hits["reranked"]], scores[best], atol=1e-4)
+
+
+RUN_README = """
+import json, os, sys, tempfile
+import pgserver
+with tempfile.TemporaryDirectory() as pgdata:
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    os.environ["DATABASE_URL"], os.environ["TINYEMBED_URL"] = server.get_uri(), sys.argv[1]
+    scope = {}
+    try:
+        exec(open(sys.argv[2], encoding="utf-8").read(), scope)
+        scope["db"].close()
+    finally:
+        server.cleanup()
+json.dump({"by_cosine": scope["by_cosine"], "candidates": scope["candidates"], "best": scope["best"]}, sys.stdout)
+"""
+
+
+def readme_pgvector_block() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("pgvector: [examples/pgvector_sidecar.py]"):]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start:section.index("\n```", start)]
+
+
+def test_the_readme_pgvector_snippet_runs(pg_server, tmp_path):
+    python = venv_python("pgvector")
+    (tmp_path / "snippet.py").write_text(readme_pgvector_block())
+    (tmp_path / "run_readme.py").write_text(RUN_README)
+    result = run_example(python, str(tmp_path / "run_readme.py"), pg_server.url, str(tmp_path / "snippet.py"))
+    assert result["by_cosine"][0] == ["Paris is the capital of France."]
+    assert sorted(result["candidates"]) == sorted(["hello world", "Paris is the capital of France."])
+    assert result["best"]["model"] == "rr" and len(result["best"]["results"]) == 2

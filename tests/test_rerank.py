@@ -223,7 +223,7 @@ def test_auth_token_cap_and_metrics(rr_server):
 @pytest.fixture(scope="module")
 def capped_server(tmp_path_factory):
     proc = start_server(tmp_path_factory, "rerank-capped", [
-        "--model", f"rr={FIXTURES / RERANKERS[0]}", "--max-tokens-per-request", "100"])
+        "--model", f"rr={FIXTURES / RERANKERS[0]}", "--max-tokens-per-request", "100", "--max-body-bytes", "20000"])
     yield proc
     assert proc.stop() == 0, proc.log()
 
@@ -233,3 +233,12 @@ def test_token_cap_applies_to_pairs(capped_server):
     assert ok.status == 200, ok
     reply = capped_server.request("POST", "/v1/rerank", {"query": "q", "documents": ["word " * 40] * 4})
     assert reply.status == 400 and "maximum is 100" in reply.error["message"]
+
+
+def test_query_times_documents_is_bounded_by_the_body_limit(capped_server):
+    # 2,000 characters x 20 documents = 40,000 characters to tokenize from a 2 kB body: refused
+    reply = capped_server.request("POST", "/v1/rerank", {"query": "q " * 1000, "documents": ["d"] * 20,
+                                                         "truncate": True})
+    assert reply.status == 400 and reply.error["param"] == "query" and "once per document" in reply.error["message"]
+    ok = capped_server.request("POST", "/v1/rerank", {"query": "q " * 10, "documents": ["d"] * 5})
+    assert ok.status == 200, ok

@@ -150,6 +150,14 @@ class RerankRoutes:
         if len(texts) > limits.max_inputs:
             raise ApiError(400, "invalid_input", f"'{param}' has {len(texts)} items; the maximum is "
                            f"{limits.max_inputs}.", param)
+        # The query is tokenized once per document: bound that work by what one body may hold, as
+        # an embeddings request's texts are (a 30k-character query x 2048 documents would not be).
+        chars = min(len(query), engine.tokenizer.char_limit) * len(texts) + sum(map(len, texts))
+        if chars > app.config.http.max_body_bytes:
+            raise ApiError(400, "invalid_input", f"The query is read once per document: {len(query)} characters x "
+                           f"{len(texts)} documents is more text than one request may carry "
+                           f"({app.config.http.max_body_bytes} bytes). Send a shorter query or fewer documents.",
+                           "query")
         truncate = app.config.auto_truncate if truncate is None else truncate
         sequences = await self._tokenize(ctx, engine, query, texts, truncate)
         tokens = ctx.tokens = sum(len(s) for s in sequences)

@@ -6,7 +6,6 @@ brute-force search over the same rows."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

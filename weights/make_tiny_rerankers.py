@@ -13,7 +13,6 @@ CrossEncoder.predict scores (its default activation for one label: sigmoid). Reg
     python weights/make_tiny_rerankers.py
 """
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from transformers import (BertForSequenceClassification, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_tiny_models import (CORPUS, MAX_SEQ_LENGTH, OUT_DIR, SEED, TOKENIZER_CONFIG, dump,  # noqa: E402
-                              model_config)
+                              model_config, redraw)
 
 VARIANTS = {  # name -> (family, stored dtype)
     "tiny-reranker-bert": ("bert", torch.float32),
@@ -51,18 +50,7 @@ def random_classifier(family: str, vocab_size: int) -> torch.nn.Module:
     config = model_config(family, vocab_size)
     config.num_labels = 1
     cls = BertForSequenceClassification if family == "bert" else XLMRobertaForSequenceClassification
-    model = cls(config).eval()
-    gen = torch.Generator().manual_seed(SEED + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if "LayerNorm.weight" in name:
-                p.copy_(1.0 + 0.2 * noise)
-            elif name.endswith("bias"):
-                p.copy_(0.1 * noise)
-            else:
-                p.copy_(0.2 * noise)
-    return model
+    return redraw(cls(config).eval(), SEED + 1)
 
 
 def main() -> None:

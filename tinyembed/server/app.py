@@ -249,16 +249,7 @@ class App:
             check_no_prompt_for_ids(req)
         truncate = self.config.auto_truncate if req.truncate is None else req.truncate
         sequences = await self._tokenize(ctx, engine, texts, id_arrays, truncate, req.input_type, req.prompt_name)
-        tokens = ctx.tokens = sum(len(s) for s in sequences)
-        tier = self._check_tokens(ctx, tokens, tier)
-        self.m_tokens.observe(tokens)
-        tier = "default" if tier == "auto" else tier
-        started = time.monotonic()
-        # The deadline grows with the request's own compute time: an admitted request can finish.
-        deadline = limits_.deadline(request.arrived, limits.request_timeout, tokens,
-                                    limits_.drain_rate(self.runner, engine))
-        vectors = await self.runner.embed(engine, sequences, tier=tier, key=ctx.key, deadline=deadline)
-        ctx.embed_s = time.monotonic() - started
+        vectors, tokens, tier = await self.run_sequences(request, ctx, engine, sequences, tier)
         vectors = engine.with_dimensions(vectors, req.dimensions)
         vectors = engine.quantize(vectors, req.output_dtype or "float", req.dimensions)  # issue 29
         args = (vectors, req.encoding_format == "base64", req.model, tokens, tier)
@@ -267,6 +258,20 @@ class App:
         else:
             body = encode_embeddings(*args)
         return Response(200, body)
+
+    async def run_sequences(self, request: Request, ctx, engine: Engine, sequences, tier: str):
+        """Token caps and budgets, then the runner: -> (its (n, width) output, tokens, tier)."""
+        tokens = ctx.tokens = sum(len(s) for s in sequences)
+        tier = self._check_tokens(ctx, tokens, tier)
+        self.m_tokens.observe(tokens)
+        tier = "default" if tier == "auto" else tier
+        started = time.monotonic()
+        # The deadline grows with the request's own compute time: an admitted request can finish.
+        deadline = limits_.deadline(request.arrived, self.config.requests.request_timeout, tokens,
+                                    limits_.drain_rate(self.runner, engine))
+        out = await self.runner.embed(engine, sequences, tier=tier, key=ctx.key, deadline=deadline)
+        ctx.embed_s = time.monotonic() - started
+        return out, tokens, tier
 
     def _check_tokens(self, ctx, tokens: int, tier: str = "default") -> str:
         """The per-request token cap and the key's token budget; returns the tier the request runs
@@ -281,18 +286,22 @@ class App:
 
     async def _tokenize(self, ctx, engine: Engine, texts, id_arrays, truncate: bool, input_type,
                         prompt_name=None):
+        tokenizer = engine.tokenizer
+        if texts is not None:
+            return await self.tokenize_in_slices(
+                ctx, texts, lambda piece, start: tokenizer.encode(piece, truncate, input_type, prompt_name, start))
+        return await self.tokenize_in_slices(ctx, id_arrays,
+                                             lambda piece, start: tokenizer.check_ids(piece, truncate, start))
+
+    async def tokenize_in_slices(self, ctx, items: list, encode) -> list:
+        """`encode(piece, start)` over the items on the tokenizer pool. In slices: a 2048-input
+        request takes turns on the pool with everyone else's requests instead of holding a
+        tokenizer thread for all of its inputs at once."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         sequences = []
-        # In slices: a 2048-input request takes turns on the pool with everyone else's requests
-        # instead of holding a tokenizer thread for all of its inputs at once.
-        for start, piece in limits_.slices(texts if texts is not None else id_arrays):
-            if texts is not None:
-                sequences += await loop.run_in_executor(self.pool, engine.tokenizer.encode, piece, truncate,
-                                                        input_type, prompt_name, start)
-            else:
-                sequences += await loop.run_in_executor(self.pool, engine.tokenizer.check_ids, piece, truncate,
-                                                        start)
+        for start, piece in limits_.slices(items):
+            sequences += await loop.run_in_executor(self.pool, encode, piece, start)
         ctx.tokenize_s = time.monotonic() - started
         self.m_tokenize.observe(ctx.tokenize_s)
         return sequences

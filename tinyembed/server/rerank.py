@@ -13,14 +13,11 @@ Mounted by App itself as a route group (see App.groups): the routes, their OpenA
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Annotated, Literal, Union
 
 import numpy as np
 from msgspec import Meta, Struct
 
-from tinyembed.server import limits as limits_
 from tinyembed.server.http import Request, Response
 from tinyembed.server.openapi import Operation
 from tinyembed.server.protocol import ApiError, Usage, decode_request, encode
@@ -159,16 +156,9 @@ class RerankRoutes:
                            f"({app.config.http.max_body_bytes} bytes). Send a shorter query or fewer documents.",
                            "query")
         truncate = app.config.auto_truncate if truncate is None else truncate
-        sequences = await self._tokenize(ctx, engine, query, texts, truncate)
-        tokens = ctx.tokens = sum(len(s) for s in sequences)
-        tier = app._check_tokens(ctx, tokens, tier)
-        app.m_tokens.observe(tokens)
-        tier = "default" if tier == "auto" else tier
-        started = time.monotonic()
-        deadline = limits_.deadline(request.arrived, limits.request_timeout, tokens,
-                                    limits_.drain_rate(app.runner, engine))
-        logits = await app.runner.embed(engine, sequences, tier=tier, key=ctx.key, deadline=deadline)
-        ctx.embed_s = time.monotonic() - started
+        sequences = await app.tokenize_in_slices(  # on the pool, in turns, as embeddings' inputs
+            ctx, texts, lambda piece, start: engine.tokenizer.encode_pairs(query, piece, truncate, start))
+        logits, tokens, _ = await app.run_sequences(request, ctx, engine, sequences, tier)
         logits = np.asarray(logits, dtype=np.float64)[:, 0]
         return served, (logits if raw else 1.0 / (1.0 + np.exp(-logits))), tokens
 
@@ -185,17 +175,6 @@ class RerankRoutes:
             raise ApiError(400, "invalid_request", f"Model '{served.id}' is an embedding model, not a reranker: "
                            "rerank with a cross-encoder (see /v1/models: supported_features).", "model")
         return served
-
-    async def _tokenize(self, ctx, engine, query: str, texts: list[str], truncate: bool) -> list[np.ndarray]:
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        sequences = []
-        for start, piece in limits_.slices(texts):  # turns on the pool, as embeddings' inputs
-            sequences += await loop.run_in_executor(self.app.pool, engine.tokenizer.encode_pairs, query, piece,
-                                                    truncate, start)
-        ctx.tokenize_s = time.monotonic() - started
-        self.app.m_tokenize.observe(ctx.tokenize_s)
-        return sequences
 
 
 def _order(scores: np.ndarray, top_n: int | None) -> list[int]:

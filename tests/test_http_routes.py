@@ -80,7 +80,7 @@ def test_openapi_describes_every_route_from_the_structs(server):
     doc = server.request("GET", "/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     assert set(doc["paths"]) == {"/v1/embeddings", "/embeddings", "/v1/models", "/v1/models/{id}", "/tokenize",
-                                 "/health", "/ready", "/metrics", "/openapi.json", "/docs"}
+                                 "/health", "/ready", "/metrics", "/openapi.json", "/docs", "/v1/rerank", "/rerank"}
     request = doc["components"]["schemas"]["EmbeddingRequest"]
     assert set(request["properties"]) == set(EmbeddingRequest.__struct_fields__)
     assert request["additionalProperties"] is False and set(request["required"]) == {"model", "input"}

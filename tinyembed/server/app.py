@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import unquote
 
-from tinyembed.server import openapi
+from tinyembed.server import openapi, rerank
 from tinyembed.server import limits as limits_
 from tinyembed.server.auth import ApiKeys, KeyLabels
 from tinyembed.server.limits import echo
@@ -30,8 +30,8 @@ from tinyembed.engine import Engine
 from tinyembed.common.errors import InputError, TinyEmbedError
 from tinyembed.server.http import Request, Response, Server, error_response
 from tinyembed.common.metrics import TOKEN_BUCKETS, Registry
-from tinyembed.server.protocol import (ApiError, EmbeddingRequest, ModelCard, ModelList, Status, TokenizeRequest,
-                       TokenizeResponse, Tokens, Usage, decode_request, encode, encode_embeddings,
+from tinyembed.server.protocol import (ApiError, EmbeddingRequest, ModelCard, ModelList, Quantization, Status,
+                       TokenizeRequest, TokenizeResponse, Tokens, Usage, decode_request, encode, encode_embeddings,
                        check_no_prompt_for_ids, parse_input, parse_texts)
 from tinyembed.server.ratelimit import RateLimited, RateLimiter
 from tinyembed.scheduler.runner import DeadlineExceeded, DirectRunner, Overloaded, Runner
@@ -131,6 +131,7 @@ class App:
         # Route groups from the layers above the server (the Files/Batches API): the entry point
         # hands in `mount(app) -> group | None`; a group adds its routes to app.routes and has
         # match(path), raw_body_routes, start() and async stop().
+        mounts = (rerank.mount, *mounts)  # issue 29: /v1/rerank and /rerank (server/rerank.py)
         self.groups = [group for group in (mount(self) for mount in mounts) if group is not None]
         self.raw_body_routes = frozenset().union(*(group.raw_body_routes for group in self.groups))
         openapi.document(list(self.routes), extra=openapi.operations_of(self.groups))  # every route described
@@ -283,6 +284,7 @@ class App:
         served = self._model(req.model)
         engine, limits = served.engine, self.config.requests
         ctx.model = served.id
+        _embedding_model(served)  # issue 29: a reranker answers /v1/rerank only
         if req.dimensions is not None and req.dimensions > engine.info.dimensions:
             raise ApiError(400, "invalid_request", f"'dimensions' must be between 1 and {engine.info.dimensions} "
                            f"for model '{served.id}'.", "dimensions")
@@ -295,23 +297,29 @@ class App:
             check_no_prompt_for_ids(req)
         truncate = self.config.auto_truncate if req.truncate is None else req.truncate
         sequences = await self._tokenize(ctx, engine, texts, id_arrays, truncate, req.input_type, req.prompt_name)
-        tokens = ctx.tokens = sum(len(s) for s in sequences)
-        tier = self._check_tokens(ctx, tokens, tier)
-        self.m_tokens.observe(tokens)
-        tier = "default" if tier == "auto" else tier
-        started = time.monotonic()
-        # The deadline grows with the request's own compute time: an admitted request can finish.
-        deadline = limits_.deadline(request.arrived, limits.request_timeout, tokens,
-                                    limits_.drain_rate(self.runner, engine))
-        vectors = await self.runner.embed(engine, sequences, tier=tier, key=self.label(ctx.key), deadline=deadline)
-        ctx.embed_s = time.monotonic() - started
+        vectors, tokens, tier = await self.run_sequences(request, ctx, engine, sequences, tier)
         vectors = engine.with_dimensions(vectors, req.dimensions)
+        vectors = engine.quantize(vectors, req.output_dtype or "float", req.dimensions)  # issue 29
         args = (vectors, req.encoding_format == "base64", req.model, tokens, tier)
         if vectors.size > ENCODE_OFF_LOOP:
             body = await asyncio.get_running_loop().run_in_executor(self.pool, encode_embeddings, *args)
         else:
             body = encode_embeddings(*args)
         return Response(200, body)
+
+    async def run_sequences(self, request: Request, ctx, engine: Engine, sequences, tier: str):
+        """Token caps and budgets, then the runner: -> (its (n, width) output, tokens, tier)."""
+        tokens = ctx.tokens = sum(len(s) for s in sequences)
+        tier = self._check_tokens(ctx, tokens, tier)
+        self.m_tokens.observe(tokens)
+        tier = "default" if tier == "auto" else tier
+        started = time.monotonic()
+        # The deadline grows with the request's own compute time: an admitted request can finish.
+        deadline = limits_.deadline(request.arrived, self.config.requests.request_timeout, tokens,
+                                    limits_.drain_rate(self.runner, engine))
+        out = await self.runner.embed(engine, sequences, tier=tier, key=self.label(ctx.key), deadline=deadline)
+        ctx.embed_s = time.monotonic() - started
+        return out, tokens, tier
 
     def _check_tokens(self, ctx, tokens: int, tier: str = "default") -> str:
         """The per-request token cap and the key's token budget; returns the tier the request runs
@@ -326,18 +334,22 @@ class App:
 
     async def _tokenize(self, ctx, engine: Engine, texts, id_arrays, truncate: bool, input_type,
                         prompt_name=None):
+        tokenizer = engine.tokenizer
+        if texts is not None:
+            return await self.tokenize_in_slices(
+                ctx, texts, lambda piece, start: tokenizer.encode(piece, truncate, input_type, prompt_name, start))
+        return await self.tokenize_in_slices(ctx, id_arrays,
+                                             lambda piece, start: tokenizer.check_ids(piece, truncate, start))
+
+    async def tokenize_in_slices(self, ctx, items: list, encode) -> list:
+        """`encode(piece, start)` over the items on the tokenizer pool. In slices: a 2048-input
+        request takes turns on the pool with everyone else's requests instead of holding a
+        tokenizer thread for all of its inputs at once."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         sequences = []
-        # In slices: a 2048-input request takes turns on the pool with everyone else's requests
-        # instead of holding a tokenizer thread for all of its inputs at once.
-        for start, piece in limits_.slices(texts if texts is not None else id_arrays):
-            if texts is not None:
-                sequences += await loop.run_in_executor(self.pool, engine.tokenizer.encode, piece, truncate,
-                                                        input_type, prompt_name, start)
-            else:
-                sequences += await loop.run_in_executor(self.pool, engine.tokenizer.check_ids, piece, truncate,
-                                                        start)
+        for start, piece in limits_.slices(items):
+            sequences += await loop.run_in_executor(self.pool, encode, piece, start)
         ctx.tokenize_s = time.monotonic() - started
         self.m_tokenize.observe(ctx.tokenize_s)
         return sequences
@@ -408,7 +420,24 @@ def _card(served: Served) -> ModelCard:
     info = served.engine.info
     return ModelCard(id=served.id, created=served.created, root=served.root, dimensions=info.dimensions,
                      max_input_tokens=info.max_input_tokens, device=info.device, kernels=info.kernels,
-                     family=info.family, prompts=list(info.prompts))
+                     family=info.family, prompts=list(info.prompts), **_task_fields(served.engine))
+
+
+def _task_fields(engine: Engine) -> dict:
+    """issue 29: a reranker says so; an embedding model reports its int8 calibration."""
+    if engine.info.task == "rerank":
+        return {"supported_features": ["rerank"]}
+    calibration = engine.calibration
+    return {"quantization": Quantization(
+        output_dtypes=["float", "int8", "uint8", "binary", "ubinary"], calibration_corpus=calibration.corpus_id,
+        calibration_texts=len(calibration.vectors), int8_ranges=calibration.ranges().tolist())}
+
+
+def _embedding_model(served: Served) -> None:
+    """/v1/embeddings (and batch lines) on a reranker: a clear 400 pointing at /v1/rerank."""
+    if served.engine.info.task != "embeddings":
+        raise ApiError(400, "invalid_request", f"Model '{served.id}' is a reranker (a cross-encoder): it scores "
+                       "(query, document) pairs at POST /v1/rerank and has no embeddings.", "model")
 
 
 def _provisioning() -> ApiError:

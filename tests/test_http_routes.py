@@ -122,7 +122,9 @@ def test_json_access_log_never_contains_a_key(guarded_server):
     access = [e for e in entries if e["logger"] == "tinyembed.access"]
     assert access and all({"request_id", "status", "ms", "tokens", "tokenize_ms", "embed_ms"} <= set(e) for e in access)
     statuses = {e["status"] for e in access if e["path"] == "/v1/models/tiny"}
-    assert statuses == {200, 401}
+    # k-rpm-secret (and, late in a full run, k-main-secret) may be over their per-minute budget
+    # from other tests on this shared server: 429 is then the right answer
+    assert {200, 401} <= statuses <= {200, 401, 429}, statuses
     assert all(e["key"] is None or e["key"].startswith("key-") for e in access)
 
 

@@ -37,9 +37,13 @@ def _library():
 @pytest.fixture(scope="module", params=["fast", "naive"])
 def ops(request):
     c = COps(_library(), threads=2, naive=request.param == "naive")
-    c._buffer = lambda rows, cols: np.full((rows, cols), np.nan, np.float32)  # poisoned outputs
-    c._new_output = c._buffer
+    c._buffer = _poisoned  # every output element must be written
+    c._new_output = _poisoned
     return c
+
+
+def _poisoned(rows, cols, dtype=np.float32):
+    return np.full((rows, cols), np.nan if dtype == np.float32 else 0x5A, dtype)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The int8 path (kernels/cpu/gemm_int8.c) against its numpy twin (ops/c_int8.py) and float64.
 
-Integer sums are exact, so quantize_rows, gemm_int8 (VNNI where the CPU has it) and
+Integer sums are exact, so quantize_rows (asymmetric, per row), gemm_int8 (VNNI where the CPU has it) and
 gemm_int8_portable must equal the twin bit for bit, at odd widths, on poisoned outputs, for
 the asked rows only. Against float64, per output: |error| <= (K/2) * (s_x * max|w_j| + s_w *
 max|x_t|) + K s_x s_w / 4 (each operand off by at most half a step). The fallback a CPU without
@@ -36,9 +36,9 @@ def lib():
     return library
 
 
-def _run(lib, name, xq, xs, packed, rows, begin=0, end=None):
+def _run(lib, name, xq, xs, xz, packed, rows, begin=0, end=None):
     y = np.full((rows, packed.n), np.nan, np.float32)
-    getattr(lib, name)(xq.ctypes.data, xs.ctypes.data, packed.q.ctypes.data, packed.scale.ctypes.data,
+    getattr(lib, name)(xq.ctypes.data, xs.ctypes.data, xz.ctypes.data, packed.q.ctypes.data, packed.scale.ctypes.data,
                        packed.sum.ctypes.data, None, y.ctypes.data, packed.kp, packed.n, 0, begin,
                        rows if end is None else end)
     return y
@@ -47,8 +47,9 @@ def _run(lib, name, xq, xs, packed, rows, begin=0, end=None):
 def _quantize(lib, x, kp):
     xq = np.full((x.shape[0], kp), 0x5A, np.uint8)
     xs = np.full(x.shape[0], np.nan, np.float32)
-    lib.quantize_rows(x.ctypes.data, x.shape[1], kp, xq.ctypes.data, xs.ctypes.data, 0, x.shape[0])
-    return xq, xs
+    xz = np.full(x.shape[0], -7, np.int32)
+    lib.quantize_rows(x.ctypes.data, x.shape[1], kp, xq.ctypes.data, xs.ctypes.data, xz.ctypes.data, 0, x.shape[0])
+    return xq, xs, xz
 
 
 def test_pack_int8_round_trips_and_sums(lib):
@@ -64,17 +65,21 @@ def test_pack_int8_round_trips_and_sums(lib):
 def test_gemm_int8_equals_the_numpy_twin_bit_for_bit(lib, rows, k, n):
     r = np.random.default_rng()
     x = r.standard_normal((rows, k)).astype(np.float32) * r.uniform(0.1, 10, (rows, 1)).astype(np.float32)
-    x[0, :] = 0.0  # an all-zero row quantizes to scale 1, zero point 128
+    x[0, :] = 0.0  # an all-zero row quantizes to scale 1, zero point 0
+    if rows > 2:
+        x[1, :] = np.abs(x[1, :])  # one-sided rows (after GELU): zero point 0, all 256 levels used
+        x[2, :] = -np.abs(x[2, :])  # zero point 255
     w = r.standard_normal((k, n)).astype(np.float32)
     packed = pack_int8(w)
-    xq, xs = _quantize(lib, x, packed.kp)
-    twin_q, twin_s = quantize_rows_numpy(x, packed.kp)
-    np.testing.assert_array_equal(xq, twin_q)
-    np.testing.assert_array_equal(xs, twin_s)
-    expected = gemm_int8_numpy(twin_q, twin_s, packed)
+    xq, xs, xz = _quantize(lib, x, packed.kp)
+    twin = quantize_rows_numpy(x, packed.kp)
+    for got, want in zip((xq, xs, xz), twin):
+        np.testing.assert_array_equal(got, want)
+    assert xs[0] == 1.0 and xz[0] == 0
+    expected = gemm_int8_numpy(*twin, packed)
     for name in ("gemm_int8", "gemm_int8_portable"):
-        np.testing.assert_array_equal(_run(lib, name, xq, xs, packed, rows), expected, err_msg=name)
-    # and against float64: the quantization bound
+        np.testing.assert_array_equal(_run(lib, name, xq, xs, xz, packed, rows), expected, err_msg=name)
+    # and against float64: the quantization bound (each operand off by at most half a step)
     reference = x.astype(np.float64) @ w
     wmax, xmax = np.abs(w).max(axis=0), np.abs(x).max(axis=1, keepdims=True)
     sw = packed.scale[:n]
@@ -86,9 +91,9 @@ def test_only_the_asked_rows_are_written(lib):
     r = np.random.default_rng()
     x, w = r.standard_normal((40, 50)).astype(np.float32), r.standard_normal((50, 70)).astype(np.float32)
     packed = pack_int8(w)
-    xq, xs = quantize_rows_numpy(x, packed.kp)
+    xq, xs, xz = quantize_rows_numpy(x, packed.kp)
     for name in ("gemm_int8", "gemm_int8_portable"):
-        y = _run(lib, name, xq, xs, packed, 40, 7, 29)
+        y = _run(lib, name, xq, xs, xz, packed, 40, 7, 29)
         assert np.isnan(y[:7]).all() and np.isnan(y[29:]).all() and not np.isnan(y[7:29]).any()
 
 

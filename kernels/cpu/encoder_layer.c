@@ -11,7 +11,8 @@
 // every intermediate stays in L1/L2. Weights are packed at load (ops/c_int8.py); precision 0
 // runs gemm_f32_packed, 1 gemm_int8 (VNNI when built with it), 2 gemm_int8_portable.
 // Scratch from the caller: qkv (T, 3H), ctx (T, H), h (T, I) float32; xq (T, max K rounded up to
-// 4) uint8 and xs (T,) float32 for the int8 activations. Returns attention's status (0 = ok).
+// 4) uint8 and xs (2T,) float32 (scales, then int32 zero points) for the int8 activations.
+// Returns attention's status (0 = ok).
 // Numpy twin: the layer loop of EncoderModel.forward_arrays (families/bert.py) on NumpyOps.
 //
 // Test:  python -m pytest tests/test_ops_c_fused.py
@@ -33,10 +34,11 @@ typedef struct {
 
 void gemm_f32_packed(const float* x, const float* packed, const float* bias, float* y, int k, int n,
                      int epilogue, long row_begin, long row_end);
-void quantize_rows(const float* x, int k, int kp, uint8_t* xq, float* scales, long row_begin, long row_end);
-void gemm_int8(const uint8_t* xq, const float* xs, const int8_t* packed, const float* ws, const int32_t* wsum,
+void quantize_rows(const float* x, int k, int kp, uint8_t* xq, float* scales, int32_t* zeros, long row_begin,
+                   long row_end);
+void gemm_int8(const uint8_t* xq, const float* xs, const int32_t* xz, const int8_t* packed, const float* ws, const int32_t* wsum,
                const float* bias, float* y, int kp, int n, int epilogue, long row_begin, long row_end);
-void gemm_int8_portable(const uint8_t* xq, const float* xs, const int8_t* packed, const float* ws,
+void gemm_int8_portable(const uint8_t* xq, const float* xs, const int32_t* xz, const int8_t* packed, const float* ws,
                         const int32_t* wsum, const float* bias, float* y, int kp, int n, int epilogue,
                         long row_begin, long row_end);
 int attention(const float* qkv, float* out, const int32_t* cu_seqlens, int heads, int width,
@@ -46,16 +48,17 @@ void bias_residual_layernorm(float* y, const float* bias, const float* residual,
 
 static void linear(const te_linear* l, const float* x, float* y, long rows, int epilogue, int precision,
                    uint8_t* xq, float* xs) {
+    int32_t* xz = (int32_t*)(xs + rows);  // xs holds 2 * rows: scales, then zero points
     if (precision == 0) {
         gemm_f32_packed(x, (const float*)l->w, l->bias, y, l->k, l->n, epilogue, 0, rows);
         return;
     }
     const int kp = (l->k + 3) / 4 * 4;
-    quantize_rows(x, l->k, kp, xq, xs, 0, rows);
+    quantize_rows(x, l->k, kp, xq, xs, xz, 0, rows);
     if (precision == 1)
-        gemm_int8(xq, xs, (const int8_t*)l->w, l->scale, l->sum, l->bias, y, kp, l->n, epilogue, 0, rows);
+        gemm_int8(xq, xs, xz, (const int8_t*)l->w, l->scale, l->sum, l->bias, y, kp, l->n, epilogue, 0, rows);
     else
-        gemm_int8_portable(xq, xs, (const int8_t*)l->w, l->scale, l->sum, l->bias, y, kp, l->n, epilogue, 0, rows);
+        gemm_int8_portable(xq, xs, xz, (const int8_t*)l->w, l->scale, l->sum, l->bias, y, kp, l->n, epilogue, 0, rows);
 }
 
 int encoder_layers(const te_layer* layers, int num_layers, int heads, float eps, int precision, float* x,

@@ -1,16 +1,19 @@
 // gemm_int8.c: y = x @ w with dynamic int8 activations and int8 weights (--precision int8).
 //
-//   quantize_rows:  xq[t, k] = round(x[t, k] / s_t) + 128 (uint8),  s_t = max_k |x[t, k]| / 127
-//   gemm_int8:      y[t, j] = (sum_k xq[t, k] wq[k, j] - 128 wsum[j]) * s_t * ws[j]
+//   quantize_rows:  xq[t, k] = round(x[t, k] / s_t) + z_t (uint8), asymmetric per row (token):
+//                   s_t = (max(x_t, 0) - min(x_t, 0)) / 255, z_t = round(-min(x_t, 0) / s_t)
+//   gemm_int8:      y[t, j] = (sum_k xq[t, k] wq[k, j] - z_t wsum[j]) * s_t * ws[j]
 //                   then epilogue 0: nothing, 1: + bias, 2: gelu(+ bias) (gemm_packed.c)
 //
 // Weights are quantized once at load per output column (ws[j] = max_k |w[k, j]| / 127,
 // symmetric) and packed by ops/c_int8.py's pack_int8 (its numpy twin defines the layout):
 // ceil(N / 16) panels of 16 columns, each (K4, 16, 4) int8 with K4 = ceil(K / 4): four
 // consecutive k of one column side by side, what one 32-bit lane of VPDPBUSD multiplies and adds.
-// wsum[j] = sum_k wq[k, j] undoes the +128 that makes the activations unsigned (VPDPBUSD
-// multiplies unsigned by signed bytes). xq is (T, K4 * 4), its padding columns any value (the
-// weights there are 0). Integer sums are exact, so every path below gives bit-identical y.
+// wsum[j] = sum_k wq[k, j] undoes the zero point z_t that makes the activations unsigned
+// (VPDPBUSD multiplies unsigned by signed bytes); all 256 levels cover the row's own range, so
+// a one-sided row (after GELU) gets twice the resolution of a symmetric code. xq is (T, K4 * 4),
+// its padding columns any value (the weights there are 0). Integer sums are exact, so every
+// path below gives bit-identical y.
 // Numpy twin: ops/c_int8.py's gemm_int8_numpy. Used by COps(precision="int8").
 //
 // Versions, simple to fast:
@@ -49,32 +52,46 @@ void te_epilogue(float* y, const float* bias, int n, int epilogue, long r0, long
 int int8_isa(void) { return TE_VNNI; }
 
 void quantize_rows(const float* restrict x, int k, int kp, uint8_t* restrict xq, float* restrict scales,
-                   long row_begin, long row_end) {
+                   int32_t* restrict zeros, long row_begin, long row_end) {
     for (long t = row_begin; t < row_end; t++) {
         const float* row = x + t * k;
-        float lane[TE_LANES] = {0};
+        float lo[TE_LANES] = {0}, hi[TE_LANES] = {0};  // 0 is always in range: it stays exact
         int c = 0;
         for (; c + TE_LANES <= k; c += TE_LANES)
-            for (int l = 0; l < TE_LANES; l++) lane[l] = fmaxf(lane[l], fabsf(row[c + l]));
-        float m = 0.0f;
-        for (; c < k; c++) m = fmaxf(m, fabsf(row[c]));
-        for (int l = 0; l < TE_LANES; l++) m = fmaxf(m, lane[l]);
-        const float s = m > 0.0f ? m / 127.0f : 1.0f;
+            for (int l = 0; l < TE_LANES; l++) {
+                lo[l] = fminf(lo[l], row[c + l]);
+                hi[l] = fmaxf(hi[l], row[c + l]);
+            }
+        float mn = 0.0f, mx = 0.0f;
+        for (; c < k; c++) {
+            mn = fminf(mn, row[c]);
+            mx = fmaxf(mx, row[c]);
+        }
+        for (int l = 0; l < TE_LANES; l++) {
+            mn = fminf(mn, lo[l]);
+            mx = fmaxf(mx, hi[l]);
+        }
+        const float s = mx > mn ? (mx - mn) / 255.0f : 1.0f;
         const float inv = 1.0f / s;
+        const float z = nearbyintf(-mn * inv);
         uint8_t* dst = xq + t * kp;
-        for (c = 0; c < k; c++) dst[c] = (uint8_t)(int)(nearbyintf(row[c] * inv) + 128.0f);
-        for (; c < kp; c++) dst[c] = 128;
+        for (c = 0; c < k; c++) {
+            const float q = nearbyintf(row[c] * inv) + z;
+            dst[c] = (uint8_t)(int)(q < 0.0f ? 0.0f : q > 255.0f ? 255.0f : q);
+        }
+        for (; c < kp; c++) dst[c] = 0;
         scales[t] = s;
+        zeros[t] = (int32_t)z;
     }
 }
 
 // One output row's 16 columns of a panel, from its int32 sums: the dequantization both paths share.
-static inline void dequantize16(const int32_t* acc, const int32_t* wsum, const float* ws, float s, float* dst,
-                                int cols) {
-    for (int c = 0; c < cols; c++) dst[c] = ((float)(acc[c] - 128 * wsum[c]) * s) * ws[c];
+static inline void dequantize16(const int32_t* acc, const int32_t* wsum, const float* ws, float s, int32_t z,
+                                float* dst, int cols) {
+    for (int c = 0; c < cols; c++) dst[c] = ((float)(acc[c] - z * wsum[c]) * s) * ws[c];
 }
 
-void gemm_int8_portable(const uint8_t* xq, const float* xs, const int8_t* packed, const float* ws,
+void gemm_int8_portable(const uint8_t* xq, const float* xs, const int32_t* xz, const int8_t* packed, const float* ws,
                         const int32_t* wsum, const float* bias, float* y, int kp, int n, int epilogue,
                         long row_begin, long row_end) {
     const int panels = (n + 15) / 16, k4 = kp / 4;
@@ -87,7 +104,7 @@ void gemm_int8_portable(const uint8_t* xq, const float* xs, const int8_t* packed
                 for (int c = 0; c < 16; c++)
                     for (int u = 0; u < 4; u++) acc[c] += (int32_t)a[4 * q + u] * (int32_t)w[q * 64 + c * 4 + u];
             const int cols = n - p * 16 < 16 ? n - p * 16 : 16;
-            dequantize16(acc, wsum + p * 16, ws + p * 16, xs[t], y + t * n + p * 16, cols);
+            dequantize16(acc, wsum + p * 16, ws + p * 16, xs[t], xz[t], y + t * n + p * 16, cols);
         }
     te_epilogue(y, bias, n, epilogue, row_begin, row_end);
 }
@@ -113,7 +130,7 @@ typedef __m256i te_vi;
 #define TE_REGS (32 / TE_VCOLS)  // registers per row of the 32-column tile
 
 // rows (<= TE_IR) x 32 columns (panels p, p + 1; `panels` of them real, cols valid).
-static inline void tile_vnni(const uint8_t* xq, const float* xs, const int8_t* p0, const float* ws,
+static inline void tile_vnni(const uint8_t* xq, const float* xs, const int32_t* xz, const int8_t* p0, const float* ws,
                              const int32_t* wsum, float* y, int kp, int n, int rows, int panels, int cols) {
     const int k4 = kp / 4;
     te_vi acc[TE_IR][TE_REGS];
@@ -139,12 +156,12 @@ static inline void tile_vnni(const uint8_t* xq, const float* xs, const int8_t* p
         int32_t sums[32];
         for (int v = 0; v < TE_REGS; v++) TE_STORE(sums + v * TE_VCOLS, acc[r][v]);
         float* dst = y + (long)r * n;
-        dequantize16(sums, wsum, ws, xs[r], dst, cols < 16 ? cols : 16);
-        if (cols > 16) dequantize16(sums + 16, wsum + 16, ws + 16, xs[r], dst + 16, cols - 16);
+        dequantize16(sums, wsum, ws, xs[r], xz[r], dst, cols < 16 ? cols : 16);
+        if (cols > 16) dequantize16(sums + 16, wsum + 16, ws + 16, xs[r], xz[r], dst + 16, cols - 16);
     }
 }
 
-void gemm_int8(const uint8_t* xq, const float* xs, const int8_t* packed, const float* ws, const int32_t* wsum,
+void gemm_int8(const uint8_t* xq, const float* xs, const int32_t* xz, const int8_t* packed, const float* ws, const int32_t* wsum,
                const float* bias, float* y, int kp, int n, int epilogue, long row_begin, long row_end) {
     const int panels = (n + 15) / 16, k4 = kp / 4;
     for (long m0 = row_begin; m0 < row_end; m0 += TE_IMC) {
@@ -154,7 +171,7 @@ void gemm_int8(const uint8_t* xq, const float* xs, const int8_t* packed, const f
             const int cols = n - p * 16 < 16 * two ? n - p * 16 : 16 * two;
             for (long t = m0; t < m1; t += TE_IR) {
                 const int rows = m1 - t < TE_IR ? (int)(m1 - t) : TE_IR;
-                tile_vnni(xq + t * kp, xs + t, packed + (long)p * k4 * 64, ws + p * 16, wsum + p * 16,
+                tile_vnni(xq + t * kp, xs + t, xz + t, packed + (long)p * k4 * 64, ws + p * 16, wsum + p * 16,
                           y + t * n + p * 16, kp, n, rows, two, cols);
             }
         }
@@ -162,8 +179,8 @@ void gemm_int8(const uint8_t* xq, const float* xs, const int8_t* packed, const f
     }
 }
 #else
-void gemm_int8(const uint8_t* xq, const float* xs, const int8_t* packed, const float* ws, const int32_t* wsum,
+void gemm_int8(const uint8_t* xq, const float* xs, const int32_t* xz, const int8_t* packed, const float* ws, const int32_t* wsum,
                const float* bias, float* y, int kp, int n, int epilogue, long row_begin, long row_end) {
-    gemm_int8_portable(xq, xs, packed, ws, wsum, bias, y, kp, n, epilogue, row_begin, row_end);
+    gemm_int8_portable(xq, xs, xz, packed, ws, wsum, bias, y, kp, n, epilogue, row_begin, row_end);
 }
 #endif

@@ -5,7 +5,8 @@ float32: ceil(N/16) panels of 16 columns, each (K, 16) contiguous; columns past 
 int8:    per output column w ~ wq * ws (symmetric, ws = max|w| / 127), panels of 16 columns,
          each (ceil(K/4), 16, 4): four consecutive k of one column side by side (one 32-bit lane
          of VPDPBUSD); wsum = column sums of wq, to undo the +128 that makes activations unsigned.
-Activations are quantized per row (per token) at run time: xq = rint(x / s) + 128, s = max|x| / 127.
+Activations are quantized per row (per token) at run time, asymmetric over the row's range
+[min(x, 0), max(x, 0)]: xq = rint(x / s) + z, s = range / 255, z = rint(-min / s) (uint8).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class PackedLinear:
     f32: np.ndarray | None = None  # (panels, K, 16) float32
     q: np.ndarray | None = None  # (panels, K4, 16, 4) int8
     scale: np.ndarray | None = None  # (panels * 16,) float32, zero past n
-    sum: np.ndarray | None = None  # (panels * 16,) int32
+    sum: np.ndarray | None = None  # (panels * 16,) int32: undoes each row's zero point
 
     @property
     def kp(self) -> int:
@@ -73,17 +74,20 @@ def unpack_int8(packed: PackedLinear) -> np.ndarray:
     return packed.q.transpose(1, 3, 0, 2).reshape(k4 * 4, panels * PANEL)[:packed.k, :packed.n]
 
 
-def quantize_rows_numpy(x: np.ndarray, kp: int) -> tuple[np.ndarray, np.ndarray]:
-    """The twin of quantize_rows: (T, K) float32 -> (T, kp) uint8 (zero point 128), (T,) scales."""
-    m = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(len(x), np.float32)
-    s = np.where(m > 0, m / np.float32(127.0), np.float32(1.0)).astype(np.float32)
-    xq = np.full((x.shape[0], kp), 128, np.uint8)
-    xq[:, :x.shape[1]] = (np.rint(x * (np.float32(1.0) / s)[:, None]) + 128).astype(np.uint8)
-    return xq, s
+def quantize_rows_numpy(x: np.ndarray, kp: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The twin of quantize_rows: (T, K) float32 -> (T, kp) uint8, (T,) scales, (T,) int32 zero points."""
+    lo = np.minimum(x.min(axis=1, initial=0.0), 0).astype(np.float32)
+    hi = np.maximum(x.max(axis=1, initial=0.0), 0).astype(np.float32)
+    s = np.where(hi > lo, (hi - lo) / np.float32(255.0), np.float32(1.0)).astype(np.float32)
+    inv = (np.float32(1.0) / s).astype(np.float32)
+    z = np.rint(-lo * inv).astype(np.float32)
+    xq = np.zeros((x.shape[0], kp), np.uint8)
+    xq[:, :x.shape[1]] = np.clip(np.rint(x * inv[:, None]) + z[:, None], 0, 255).astype(np.uint8)
+    return xq, s, z.astype(np.int32)
 
 
-def gemm_int8_numpy(xq: np.ndarray, xs: np.ndarray, packed: PackedLinear) -> np.ndarray:
+def gemm_int8_numpy(xq: np.ndarray, xs: np.ndarray, xz: np.ndarray, packed: PackedLinear) -> np.ndarray:
     """The twin of gemm_int8 (epilogue 0): exact int32 sums, then the same dequantization."""
     wq = unpack_int8(packed).astype(np.int32)
-    acc = xq[:, :packed.k].astype(np.int32) @ wq - 128 * packed.sum[:packed.n]
+    acc = xq[:, :packed.k].astype(np.int32) @ wq - xz[:, None] * packed.sum[:packed.n]
     return (acc.astype(np.float32) * xs[:, None]) * packed.scale[:packed.n]

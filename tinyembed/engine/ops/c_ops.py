@@ -45,9 +45,9 @@ SIGNATURES = {  # C entry point -> (argtypes, restype)
     "attention": ((_P, _P, _P, _I, _I, _L, _L), _I),
     "pool_normalize": ((_P, _P, _I, _I, _P, _L, _L), None),
     "gemm_f32_packed": ((_P, _P, _P, _P, _I, _I, _I, _L, _L), None),
-    "quantize_rows": ((_P, _I, _I, _P, _P, _L, _L), None),
-    "gemm_int8": ((_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _L, _L), None),
-    "gemm_int8_portable": ((_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _L, _L), None),
+    "quantize_rows": ((_P, _I, _I, _P, _P, _P, _L, _L), None),
+    "gemm_int8": ((_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _L, _L), None),
+    "gemm_int8_portable": ((_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _L, _L), None),
     "int8_isa": ((), _I),
     "encoder_layers": ((_P, _I, _I, _F, _I, _P, _P, _I, _L, _P, _P, _P, _P, _P), _I),
 }
@@ -178,13 +178,14 @@ class COps(NumpyOps):
             args = (_ptr(x), _ptr(w.f32), b, _ptr(out), w.k, w.n, epilogue)
             self._split(self._fn["gemm_f32_packed"], args, rows, threads)
             return out
-        xq, xs = self._buffer(rows, w.kp, np.uint8), self._buffer(rows, 1)
+        xq, xs, xz = self._buffer(rows, w.kp, np.uint8), self._buffer(rows, 1), self._buffer(rows, 1, np.int32)
         quantize, gemm = self._fn["quantize_rows"], self._gemm_int8
+        xargs = (_ptr(xq, np.uint8), _ptr(xs), _ptr(xz, np.int32))
         wargs = (_ptr(w.q, np.int8), _ptr(w.scale), _ptr(w.sum, np.int32), b, _ptr(out), w.kp, w.n, epilogue)
 
         def run(begin, end):
-            quantize(_ptr(x), w.k, w.kp, _ptr(xq, np.uint8), _ptr(xs), begin, end)
-            gemm(_ptr(xq, np.uint8), _ptr(xs), *wargs, begin, end)
+            quantize(_ptr(x), w.k, w.kp, *xargs, begin, end)
+            gemm(*xargs, *wargs, begin, end)
 
         self._split(run, (), rows, threads)
         return out

@@ -164,11 +164,7 @@ typedef float te_v16 __attribute__((vector_size(64)));
 #define TE_KB 32  // keys per block of the tiled version
 #define TE_TR 6   // most query rows per tile
 
-static inline te_v16 te_load16f(const float* p) {
-    te_v16 x;
-    memcpy(&x, p, sizeof x);
-    return x;
-}
+#define TE_LOAD16F(v, p) memcpy(&(v), (p), sizeof(te_v16))  // a macro: no vector return (-Wpsabi)
 
 // Up to R (<= TE_TR) queries of one (sequence, head) with head size D (32 or 64); kt and v as in
 // query_block, zero from len up to a multiple of TE_KB. k_norm2: the largest |k|^2 of the keys.
@@ -200,7 +196,9 @@ static inline __attribute__((always_inline)) void query_tile(
         te_v16 s[TE_TR][2];
         for (int r = 0; r < R; r++) s[r][0] = s[r][1] = (te_v16){0};
         for (int c = 0; c < D; c++) {  // S = Q K^T: 2 loads, R broadcasts, 2R FMAs per head dimension
-            const te_v16 k0 = te_load16f(kt + c * stride + j0), k1 = te_load16f(kt + c * stride + j0 + 16);
+            te_v16 k0, k1;
+            TE_LOAD16F(k0, kt + c * stride + j0);
+            TE_LOAD16F(k1, kt + c * stride + j0 + 16);
             for (int r = 0; r < R; r++) {
                 s[r][0] += q[r][c] * k0;
                 s[r][1] += q[r][c] * k1;
@@ -231,7 +229,8 @@ static inline __attribute__((always_inline)) void query_tile(
         for (int j = 0; j < keys; j++) {  // O += P V: DV loads, R broadcasts, R * DV FMAs per key
             const float* vrow = v + (j0 + j) * D;
             for (int u = 0; u < DV; u++) {
-                const te_v16 vv = te_load16f(vrow + 16 * u);
+                te_v16 vv;
+                TE_LOAD16F(vv, vrow + 16 * u);
                 for (int r = 0; r < R; r++) o[r][u] += p[r][j] * vv;
             }
         }

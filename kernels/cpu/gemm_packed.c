@@ -35,11 +35,9 @@ typedef float te_v16 __attribute__((vector_size(64)));
 void bias_add(float* y, const float* bias, int width, long row_begin, long row_end);
 void bias_gelu(float* y, const float* bias, int width, long row_begin, long row_end);
 
-static inline te_v16 te_load16(const float* p) {
-    te_v16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
+// A 16-float load as a macro: a function returning te_v16 would warn (-Wpsabi) on CPUs without
+// AVX-512, where the vector is not passed in one register.
+#define TE_LOAD16(v, p) memcpy(&(v), (p), sizeof(te_v16))
 
 // The epilogue after a block of rows is done, while they are in cache.
 void te_epilogue(float* y, const float* bias, int n, int epilogue, long r0, long r1) {
@@ -73,7 +71,9 @@ static inline __attribute__((always_inline)) void tile(const float* restrict x, 
     const float* restrict p1 = p0 + (long)k * 16;
     if (panels == 2) {
         for (int c = 0; c < k; c++) {
-            const te_v16 b0 = te_load16(p0 + c * 16), b1 = te_load16(p1 + c * 16);
+            te_v16 b0, b1;
+            TE_LOAD16(b0, p0 + c * 16);
+            TE_LOAD16(b1, p1 + c * 16);
             for (int r = 0; r < TE_MR; r++) {
                 const float a = xr[r][c];
                 acc[r][0] += a * b0;
@@ -82,7 +82,8 @@ static inline __attribute__((always_inline)) void tile(const float* restrict x, 
         }
     } else {
         for (int c = 0; c < k; c++) {
-            const te_v16 b0 = te_load16(p0 + c * 16);
+            te_v16 b0;
+            TE_LOAD16(b0, p0 + c * 16);
             for (int r = 0; r < TE_MR; r++) acc[r][0] += xr[r][c] * b0;
         }
     }

@@ -60,10 +60,9 @@ class EncoderModel:
         weight = getattr(ops, "linear_weight", ops.param)
         self.p = {name: (weight if name.endswith(GEMM_WEIGHTS) else ops.param)(array)
                   for name, array in params.items()}
-        # C ops: every layer in one call for small batches (kernels/cpu/encoder_layer.c)
-        fuse = getattr(ops, "fuse_layers", None)
+        fuse = getattr(ops, "fuse_layers", None)  # C ops: all layers in one call for small batches
         layers = [{name: self.p[f"layer.{i}.{name}"] for name in LAYER_PARAMS} for i in range(spec.num_layers)]
-        self.fused = fuse(layers, spec.num_heads, spec.layer_norm_eps) if fuse and layers else None
+        self.fused = fuse(layers, spec.num_heads, spec.layer_norm_eps) if fuse else None
         self.graphs = None
         if getattr(ops, "graphs", False):  # CudaOps(graphs=True): replay short batches (cuda_graphs.py)
             from tinyembed.engine.ops.cuda_graphs import GraphCache

@@ -194,7 +194,7 @@ class COps(NumpyOps):
         """The encoder's layers as one C call for small batches (c_fused.py): a callable
         (x, cu_seqlens) -> x with a `takes(rows)` test, or None when weights are not packed."""
         gemms = ("qkv_w", "out_w", "ffn_in_w", "ffn_out_w")
-        if self.naive or not all(isinstance(p[name], PackedLinear) for p in layers for name in gemms):
+        if self.naive or not layers or not all(isinstance(p[name], PackedLinear) for p in layers for name in gemms):
             return None
         fused = FusedLayers(self, layers, num_heads, eps)
         fused.takes = lambda rows: self.threads == 1 or rows <= FUSED_MAX_TOKENS

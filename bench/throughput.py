@@ -266,7 +266,8 @@ def run(model: str = MODEL, quick: bool = False, lengths=None, contenders=CONTEN
             onnx_path, error = export_onnx(model, log)
         if onnx_path:
             worker_settings["onnx_path"] = onnx_path
-            worker_settings["onnx_int8_path"] = quantized_onnx(onnx_path, log)
+            if any(c.partition("@")[0] == "onnxruntime-int8" for c in contenders):
+                worker_settings["onnx_int8_path"] = quantized_onnx(onnx_path, log)
         else:
             skipped.update({c: error for c in contenders if c.startswith("onnxruntime")})
     if "sentence-transformers" in contenders and not find_spec("sentence_transformers"):

@@ -19,6 +19,10 @@ from tinyembed.engine.checkpoints.weights import load_params
 from tinyembed.engine.families import decoder_family, read_spec
 from tinyembed.engine.families.bert import Batch, EncoderModel, truncate_dimensions
 from tinyembed.engine.text.tokenize import Tokenizer
+# issue 29: rerankers (cross-encoders) and quantized outputs
+from tinyembed.engine import quantize
+from tinyembed.engine.families.cross_encoder import CrossEncoderModel, is_cross_encoder, type_offset
+from tinyembed.engine.text.pairs import PairTokenizer
 
 log = logging.getLogger("tinyembed")
 
@@ -35,16 +39,19 @@ class ModelInfo:
     prompts: dict[str, str] = field(default_factory=dict)
     kernels: str = ""  # which kernels run: "c" or "numpy" on the CPU, "cuda" on a GPU
     precision: str = "fp32"  # the linear layers' arithmetic: "fp32", or "int8" (CPU, --precision int8)
+    task: str = "embeddings"  # "rerank" for a cross-encoder: its `dimensions` is its one output label
 
 
 class Engine:
     def __init__(self, name: str, spec: ModelSpec, ops):
         self.spec = spec
-        self.tokenizer = Tokenizer(spec)
-        self.model = build_model(spec, ops)
+        reranker = is_cross_encoder(spec)  # issue 29: pairs in, one logit out
+        self.tokenizer = PairTokenizer(spec, type_offset(spec)) if reranker else Tokenizer(spec)
+        self.model = CrossEncoderModel(spec, ops) if reranker else build_model(spec, ops)
+        self._calibration: quantize.Calibration | None = None
         self.info = ModelInfo(
             name=name,
-            dimensions=spec.hidden_size,
+            dimensions=self.model.num_labels if reranker else spec.hidden_size,
             max_input_tokens=spec.max_seq_length,
             vocab_size=spec.vocab_size,
             family=spec.family,
@@ -53,6 +60,7 @@ class Engine:
             prompts=dict(spec.prompts),
             kernels=getattr(ops, "kernels", ops.name),
             precision=precision_of(spec, ops),
+            task="rerank" if reranker else "embeddings",
         )
 
     def pack(self, sequences: list[np.ndarray]) -> Batch:
@@ -68,6 +76,20 @@ class Engine:
         """Matryoshka `dimensions`: the first N components of each vector, renormalized to unit
         length; None (or the native size) leaves the vectors as they are."""
         return truncate_dimensions(vectors, dimensions)
+
+    # -- quantized outputs (issue 29; engine/quantize.py) ---------------------------------------
+    @property
+    def calibration(self) -> quantize.Calibration:
+        """The int8/uint8 calibration, computed on first use (load_engine does it at load)."""
+        if self._calibration is None:
+            self._calibration = quantize.load_or_calibrate(self.spec.path, self.embed_texts)
+        return self._calibration
+
+    def quantize(self, vectors: np.ndarray, output_dtype: str, dimensions: int | None = None) -> np.ndarray:
+        """`output_dtype` of vectors already cut to `dimensions`: float32, int8/uint8 or packed bits."""
+        if output_dtype == "float":
+            return vectors
+        return self.calibration.quantize(vectors, output_dtype, dimensions)
 
     def embed_sequences(self, sequences: list[np.ndarray], max_batch_tokens: int = 16384,
                         dimensions: int | None = None) -> np.ndarray:
@@ -187,4 +209,7 @@ def load_engine(model: str = registry.DEFAULT_MODEL, name: str | None = None, de
                 dtype: str | None = None, threads: int | None = None, precision: str = "fp32") -> Engine:
     path = registry.resolve(model)
     spec = read_spec(path)
-    return Engine(name or model, spec, make_ops(device, dtype, threads, precision))
+    engine = Engine(name or model, spec, make_ops(device, dtype, threads, precision))
+    if engine.info.task == "embeddings":
+        engine.calibration  # noqa: B018 -- int8 ranges before serving: no compute races a batch later
+    return engine

@@ -58,15 +58,18 @@ def test_one_call_path_equals_the_op_by_op_path(minilm, golden):
     sequences, _ = golden
     model = minilm.model
     fused = model.fused
-    assert fused is not None and fused.takes(16)
-    alone = [minilm.embed(minilm.pack([s])) for s in sequences[:12]]
-    assert all(fused.takes(len(s)) for s in sequences[:12] if len(s) <= 48)
+    singles = [minilm.pack([s]) for s in sequences[:12]]
+    pairs = [minilm.pack(sequences[i:i + 2]) for i in range(0, 24, 2)]  # cut in two: one part per thread
+    assert all(fused.takes(b.cu_seqlens) for b in singles if b.num_tokens <= 48)
+    assert sum(fused._cut(b.cu_seqlens) > 0 for b in pairs) >= 4
+    assert not fused.takes(np.array([0, 200, 210], np.int32))  # one long text beside a short one: op by op
+    together = [minilm.embed(b) for b in singles + pairs]
     model.fused = None
     try:
-        op_by_op = [minilm.embed(minilm.pack([s])) for s in sequences[:12]]
+        op_by_op = [minilm.embed(b) for b in singles + pairs]
     finally:
         model.fused = fused
-    for a, b in zip(alone, op_by_op):
+    for a, b in zip(together, op_by_op):
         assert np.array_equal(a, b)
 
 

@@ -94,7 +94,7 @@ class EncoderModel:
 
         x = ops.embed(ids, positions, p["word"], p["position"], p["token_type0"],
                       p["emb_ln_w"], p["emb_ln_b"], eps)  # (T, H)
-        if self.fused is not None and self.fused.takes(x.shape[0]):  # the same layers, one C call
+        if self.fused is not None and self.fused.takes(cu):  # the same layers, one C call per thread
             return ops.pool_normalize(self.fused(x, cu), cu, spec.pooling)  # (n, H), unit length
         for i in range(spec.num_layers):
             w = lambda name: p[f"layer.{i}.{name}"]  # noqa: E731

@@ -5,6 +5,11 @@ bookkeeping, costs about as much as the arithmetic. `FusedLayers` describes ever
 at load (a ctypes array of te_layer structs pointing at the packed weights) and runs them all
 in one call on the calling thread: the same kernels, in the same order, as COps' ops one by
 one, so a text gets the same vector whichever path its batch takes.
+
+With two or more threads, a batch of several sequences is cut at a sequence boundary into one
+part per thread (sequences never mix in an encoder), each part one call: one hand-off per
+batch instead of one per op. A batch that cannot be cut evenly enough (one long text beside
+short ones) goes op by op, where every op is split over the threads instead.
 """
 
 from __future__ import annotations
@@ -37,8 +42,10 @@ def _linear(w: PackedLinear, bias: np.ndarray) -> _Linear:
 class FusedLayers:
     """Callable (x, cu_seqlens) -> x after every layer, x (T, H) float32 updated in place."""
 
-    def __init__(self, ops, layers: list[dict], num_heads: int, eps: float):
+    def __init__(self, ops, layers: list[dict], num_heads: int, eps: float, max_tokens_alone: int = 48,
+                 min_share: float = 0.35):
         self.ops = ops
+        self.max_tokens_alone, self.min_share = max_tokens_alone, min_share
         self.heads, self.eps = num_heads, float(eps)
         self.keep = layers  # the arrays the structs point into stay alive with them
         self.structs = (_Layer * len(layers))(*[
@@ -51,9 +58,35 @@ class FusedLayers:
         self.kp = max(first["ffn_out_w"].kp, first["qkv_w"].kp)
         self.precision = 0 if ops.precision == "fp32" else (1 if ops.int8_isa else 2)
 
+    def _cut(self, cu: np.ndarray) -> int:
+        """The sequence index where a two-thread split divides the tokens most evenly, else 0."""
+        if self.ops.threads < 2 or len(cu) < 3:
+            return 0
+        total = int(cu[-1])
+        middle = int(np.searchsorted(cu, total / 2))  # the first boundary at or past half the tokens
+        cuts = [i for i in (middle - 1, middle) if 0 < i < len(cu) - 1]
+        k = min(cuts, key=lambda i: abs(2 * int(cu[i]) - total), default=0)
+        return k if k and min(int(cu[k]), total - int(cu[k])) >= self.min_share * total else 0
+
+    def takes(self, cu_seqlens: np.ndarray) -> bool:
+        """Whether this batch runs here: one thread, a small batch, or an even cut for two."""
+        total = int(cu_seqlens[-1])
+        return self.ops.threads == 1 or total <= self.max_tokens_alone or self._cut(np.asarray(cu_seqlens)) > 0
+
     def __call__(self, x: np.ndarray, cu_seqlens: np.ndarray) -> np.ndarray:
-        rows = x.shape[0]
         cu = np.ascontiguousarray(cu_seqlens, dtype=np.int32)
+        k = self._cut(cu) if cu[-1] > self.max_tokens_alone else 0
+        if not k:
+            return self._run(x, cu)
+        a = int(cu[k])
+        job = self.ops._pool.submit(self._run, x[a:], cu[k:] - cu[k])  # rows a.. are contiguous
+        self._run(x[:a], cu[:k + 1])
+        job.result()
+        return x
+
+    def _run(self, x: np.ndarray, cu: np.ndarray) -> np.ndarray:
+        rows = x.shape[0]
+        cu = np.ascontiguousarray(cu, dtype=np.int32)
         buf = self.ops._buffer
         qkv, ctx, h = buf(rows, 3 * self.width), buf(rows, self.width), buf(rows, self.inner)
         xq, xs = buf(rows, self.kp, np.uint8), buf(2, rows)  # xs: scales, then int32 zero points

@@ -57,7 +57,10 @@ PRECISIONS = ("fp32", "int8")
 EPILOGUE = {None: 0, "bias": 1, "gelu": 2}  # what a GEMM does to its rows after the sums
 # All layers in one C call on the calling thread up to this many tokens (with 1 thread: always):
 # below it, splitting each GEMM over the pool costs more hand-offs than a second core saves.
+# Above it, a batch of several sequences is cut at a sequence boundary into one part per thread,
+# each part one C call (sequences never mix in an encoder), when the cut is this even or better.
 FUSED_MAX_TOKENS = 48
+FUSED_MIN_SHARE = 0.35
 MIN_ELEMENTS_PER_THREAD = 96 * 1024  # elementwise work below this runs in the calling thread
 MIN_ATTENTION_FLOPS_PER_THREAD = 4e6
 # A GEMM below this many FLOPs runs on one BLAS thread: waking a second thread costs more than
@@ -188,14 +191,12 @@ class COps(NumpyOps):
         return out
 
     def fuse_layers(self, layers: list[dict], num_heads: int, eps: float):
-        """The encoder's layers as one C call for small batches (c_fused.py): a callable
-        (x, cu_seqlens) -> x with a `takes(rows)` test, or None when weights are not packed."""
+        """The encoder's layers as one C call per thread (c_fused.py): a callable (x, cu_seqlens)
+        -> x with a `takes(cu_seqlens)` test, or None when the weights are not packed."""
         gemms = ("qkv_w", "out_w", "ffn_in_w", "ffn_out_w")
         if self.naive or not layers or not all(isinstance(p[name], PackedLinear) for p in layers for name in gemms):
             return None
-        fused = FusedLayers(self, layers, num_heads, eps)
-        fused.takes = lambda rows: self.threads == 1 or rows <= FUSED_MAX_TOKENS
-        return fused
+        return FusedLayers(self, layers, num_heads, eps, FUSED_MAX_TOKENS, FUSED_MIN_SHARE)
 
     def linear(self, x, w, b):
         if isinstance(w, PackedLinear):

@@ -89,7 +89,7 @@ class FusedLayers:
         cu = np.ascontiguousarray(cu, dtype=np.int32)
         buf = self.ops._buffer
         qkv, ctx, h = buf(rows, 3 * self.width), buf(rows, self.width), buf(rows, self.inner)
-        xq, xs = buf(rows, self.kp, np.uint8), buf(2, rows)  # xs: scales, then int32 zero points
+        xq, xs = buf(rows, self.kp, np.uint8), buf(rows, 2)  # xs, flat: T scales, then T int32 zero points
         status = self.ops._fn["encoder_layers"](
             self.structs, len(self.structs), self.heads, self.eps, self.precision, x.ctypes.data,
             cu.ctypes.data, len(cu) - 1, rows, qkv.ctypes.data, ctx.ctypes.data, h.ctypes.data,

@@ -18,10 +18,16 @@ CPU's caches, so a memory-bound op can beat the DRAM copy rate: read that as "no
 
 Layer index = call order: each encoder layer calls linear (QKV), attention, matmul (out),
 bias_residual_layernorm, matmul (FFN in), bias_gelu, matmul (FFN out), bias_residual_layernorm.
+The GEMMs are the packed-weight kernels (kernels/cpu/gemm_packed.c) against numpy's matmul
+peak; with --precision int8 they are gemm_int8.c, and their compute ceiling is 4x that peak
+(VPDPBUSD: four 8-bit multiply-adds per 32-bit lane where an fp32 FMA does one). Small batches
+normally run all layers in one C call (encoder_layer.c); here the ops run one by one, so each
+can be timed.
 
     python -m bench.breakdown                              # MiniLM, 32 x 128 tokens
     python -m bench.breakdown --seq-len 16,128,512 --model tests/fixtures/tiny-bert-fp32
     python -m bench.breakdown --corpus mixed --batch-tokens 8192 --json
+    python -m bench.breakdown --seq-len 16,128,512 --precision int8
     python -m bench.breakdown --device cuda                # CUDA events per kernel (needs CuPy and a GPU)
 """
 
@@ -198,9 +204,10 @@ def make_batch(engine, seq_len: str, batch: int, batch_tokens: int) -> tuple[lis
 
 def profile_batch(engine, seqs, repeats: int, clock: str) -> dict:
     batch = engine.pack(seqs)
-    inner = engine.model.ops
+    inner, fused = engine.model.ops, getattr(engine.model, "fused", None)
     engine.model.forward(batch)  # warm-up (allocators, thread pools, caches)
     runs = []
+    engine.model.fused = None  # op by op, so that each op is timed
     try:
         for _ in range(repeats):
             prof = LayerProfiler(inner, clock)
@@ -211,7 +218,7 @@ def profile_batch(engine, seqs, repeats: int, clock: str) -> dict:
             total = time.perf_counter() - t0
             runs.append((total, prof))
     finally:
-        engine.model.ops = inner
+        engine.model.ops, engine.model.fused = inner, fused
     total = median([r[0] for r in runs])
     ops = {}
     for name in CATEGORIES:
@@ -239,7 +246,8 @@ def analyse(result: dict, peaks: dict) -> None:
         row["gbps"] = row["bytes"] / s / 1e9
         row["intensity"] = row["flops"] / row["bytes"] if row["bytes"] else 0.0
         if row["flops"]:
-            row["bound_gflops"] = min(peaks["gflops"], row["intensity"] * peaks["gbps"])
+            gemm = row["category"] == "GEMM" and result.get("precision") == "int8"
+            row["bound_gflops"] = min(peaks["gflops"] * (4 if gemm else 1), row["intensity"] * peaks["gbps"])
             row["of_bound"] = row["gflops"] / row["bound_gflops"]
         else:
             row["bound_gbps"] = peaks["gbps"]
@@ -250,15 +258,15 @@ def analyse(result: dict, peaks: dict) -> None:
 
 
 def run(model: str = MODEL, seq_lens=("128",), batch: int = 32, batch_tokens: int = 8192, repeats: int = 5,
-        device: str = "cpu", dtype: str | None = None, quick: bool = False) -> dict:
+        device: str = "cpu", dtype: str | None = None, quick: bool = False, precision: str = "fp32") -> dict:
     from tinyembed.engine import load_engine
 
     if quick:
         repeats, batch, batch_tokens = min(repeats, 2), min(batch, 8), min(batch_tokens, 2048)
     settings = {"model": model, "seq_lens": list(seq_lens), "batch": batch, "batch_tokens": batch_tokens,
-                "repeats": repeats, "device": device, "dtype": dtype, "quick": quick}
+                "repeats": repeats, "device": device, "dtype": dtype, "quick": quick, "precision": precision}
     report = new_report("per-op and per-layer time of one batch, against measured peaks", settings)
-    engine = load_engine(model, device=device, dtype=dtype)
+    engine = load_engine(model, device=device, dtype=dtype, precision=precision)
     clock = "cuda" if device.startswith("cuda") else "wall"
     report["peaks"] = cuda_peaks(dtype or "float16") if clock == "cuda" else cpu_peaks()
     report["model_shape"] = {"layers": engine.spec.num_layers, "hidden": engine.spec.hidden_size,
@@ -267,7 +275,7 @@ def run(model: str = MODEL, seq_lens=("128",), batch: int = 32, batch_tokens: in
     for seq_len in seq_lens:
         seqs, info = make_batch(engine, seq_len, batch, batch_tokens)
         result = profile_batch(engine, seqs, repeats, clock)
-        result["batch"] = info
+        result["batch"], result["precision"] = info, precision
         analyse(result, report["peaks"])
         report["profiles"][seq_len] = result
     return report
@@ -409,11 +417,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--dtype", default=None, help="GPU storage dtype")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--precision", default="fp32", help="fp32 | int8 (CPU linear layers)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--plot-dir", type=Path, help="write profile_roofline.png and profile_layers.png here")
     args = parser.parse_args()
     report = run(args.model, [s.strip() for s in args.seq_len.split(",")], args.batch, args.batch_tokens,
-                 args.repeats, args.device, args.dtype, args.quick)
+                 args.repeats, args.device, args.dtype, args.quick, args.precision)
     if args.plot_dir:
         args.plot_dir.mkdir(parents=True, exist_ok=True)
         if not plot(report, args.plot_dir):

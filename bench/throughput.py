@@ -49,125 +49,15 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import MODEL, RESULTS, fmt, median, new_report, pyplot, table
+from bench.contenders import MAKERS, PEER_BATCH
 from bench.corpus import fixed_length_corpus, mixed_corpus
 
 CONTENDERS = ("tinyembed", "tinyembed-numpy", "sentence-transformers", "onnxruntime")
-KERNELS = {"tinyembed": "c", "tinyembed-numpy": "numpy"}  # TINYEMBED_CPU_KERNELS per worker
-PEER_BATCH = 32  # sentence-transformers' default encode batch size; used for onnxruntime too
+QUANTIZED = ("tinyembed-int8", "onnxruntime-int8")  # bench/engine.py runs these too
+KERNELS = {"tinyembed": "c", "tinyembed-numpy": "numpy", "tinyembed-int8": "c"}  # TINYEMBED_CPU_KERNELS per worker
 CHECK = 16  # vectors compared across contenders per corpus
 FULL = {"mixed": 1200, "16": 2048, "128": 384, "512": 96}  # items per corpus
 QUICK = {"mixed": 96, "16": 64, "128": 16, "512": 8}
-
-
-# -- contenders (run inside the worker subprocess) -------------------------------------------------
-
-def _batches(items: list, size: int, key=len) -> list[tuple[list[int], list]]:
-    """Sorted by length, longest first (as sentence-transformers does); -> (indices, items) per batch."""
-    order = sorted(range(len(items)), key=lambda i: -key(items[i]))
-    return [(order[i:i + size], [items[j] for j in order[i:i + size]]) for i in range(0, len(order), size)]
-
-
-def make_tinyembed(model: str, settings: dict):
-    from tinyembed.engine import load_engine
-
-    engine = load_engine(model)
-
-    def run(corpus):
-        bt = settings["batch_tokens"]  # read per call: the `batch` command changes it
-        if corpus["texts"] is not None:
-            return engine.embed_sequences(engine.tokenizer.encode(corpus["texts"], truncate=True), max_batch_tokens=bt)
-        return engine.embed_sequences([np.asarray(s, np.int32) for s in corpus["ids"]], max_batch_tokens=bt)
-
-    return run
-
-
-def make_sentence_transformers(model: str, settings: dict):
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    from tinyembed.engine.checkpoints.registry import resolve
-
-    st = SentenceTransformer(str(resolve(model)), device="cpu")
-
-    def run(corpus):
-        st.max_seq_length = corpus["max_length"]
-        if corpus["texts"] is not None:
-            return st.encode(corpus["texts"], batch_size=PEER_BATCH, normalize_embeddings=True, convert_to_numpy=True)
-        # token ids in: the same modules encode() runs after tokenizing (transformer, pooling, normalize)
-        out = np.empty((len(corpus["ids"]), st.get_sentence_embedding_dimension()), np.float32)
-        with torch.inference_mode():
-            for index, batch in _batches(corpus["ids"], PEER_BATCH):
-                ids, mask = _pad(batch)
-                features = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
-                            "token_type_ids": torch.zeros_like(torch.from_numpy(ids))}
-                vectors = st(features)["sentence_embedding"]
-                out[index] = torch.nn.functional.normalize(vectors, dim=1).numpy()
-        return out
-
-    return run
-
-
-def make_onnxruntime(model: str, settings: dict):
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
-
-    from tinyembed.engine.checkpoints.registry import resolve
-
-    path = resolve(model)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(settings["onnx_path"], options, providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
-    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    tokenizer.no_padding()
-    pooling = _pooling_mode(path)
-    pad_id = json.loads((path / "config.json").read_text()).get("pad_token_id", 0) or 0
-
-    def run(corpus):
-        if corpus["texts"] is not None:
-            tokenizer.enable_truncation(corpus["max_length"])
-            sequences = [e.ids for e in tokenizer.encode_batch(corpus["texts"])]
-        else:
-            sequences = corpus["ids"]
-        out = np.empty((len(sequences), 0), np.float32)
-        for index, batch in _batches(sequences, PEER_BATCH):
-            ids, mask = _pad(batch, pad_id)
-            feed = {"input_ids": ids, "attention_mask": mask}
-            if "token_type_ids" in names:
-                feed["token_type_ids"] = np.zeros_like(ids)
-            hidden = session.run(None, feed)[0]  # (B, L, H)
-            if pooling == "cls":
-                pooled = hidden[:, 0]
-            else:
-                m = mask[:, :, None].astype(np.float32)
-                pooled = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
-            if out.shape[1] == 0:
-                out = np.empty((len(sequences), pooled.shape[1]), np.float32)
-            out[index] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-        return out
-
-    return run
-
-
-def _pad(batch: list, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    width = max(len(s) for s in batch)
-    ids = np.full((len(batch), width), pad_id, np.int64)
-    mask = np.zeros((len(batch), width), np.int64)
-    for row, seq in enumerate(batch):
-        ids[row, :len(seq)] = seq
-        mask[row, :len(seq)] = 1
-    return ids, mask
-
-
-def _pooling_mode(path: Path) -> str:
-    config = path / "1_Pooling" / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("pooling_mode_cls_token"):
-        return "cls"
-    return "mean"
-
-
-MAKERS = {"tinyembed": make_tinyembed, "tinyembed-numpy": make_tinyembed,
-          "sentence-transformers": make_sentence_transformers, "onnxruntime": make_onnxruntime}
 
 
 def worker(name: str, spec_path: str) -> None:
@@ -178,12 +68,13 @@ def worker(name: str, spec_path: str) -> None:
     one JSON line on stdout."""
     spec = json.loads(Path(spec_path).read_text())
     started = time.perf_counter()
+    name, _, threads = name.partition("@")  # "onnxruntime@1": at most one compute thread
     if name in KERNELS:
         os.environ["TINYEMBED_CPU_KERNELS"] = KERNELS[name]
-    settings = spec["settings"]
+    settings = dict(spec["settings"], contender=name, threads=int(threads) if threads else None)
     run = MAKERS[name](spec["model"], settings)
     reply = lambda obj: print(json.dumps(obj), flush=True)  # noqa: E731
-    reply({"load_s": time.perf_counter() - started, "threads": _threads(name)})
+    reply({"load_s": time.perf_counter() - started, "threads": _threads(name, settings["threads"])})
     corpora = spec["corpora"]
     for line in sys.stdin:
         command, _, arg = line.strip().partition(" ")
@@ -257,8 +148,8 @@ class Contender:
             self.proc.kill()
 
 
-def _threads(name: str) -> dict:
-    out = {}
+def _threads(name: str, cap: int | None = None) -> dict:
+    out = {"cap": cap}
     if name == "sentence-transformers":
         import torch
 
@@ -266,7 +157,7 @@ def _threads(name: str) -> dict:
     if name in KERNELS:
         from tinyembed.engine.build.cpu_threads import available_cores
 
-        out["ops_threads"] = available_cores()
+        out["ops_threads"] = cap or available_cores()
     try:
         from threadpoolctl import threadpool_info
 
@@ -295,6 +186,17 @@ def export_onnx(model: str, log=sys.stderr) -> tuple[str | None, str | None]:
     if done.returncode != 0 or not target.is_file():
         return None, _last_line(done.stderr) or "export failed"
     return str(target), None
+
+
+def quantized_onnx(onnx_path: str, log=sys.stderr) -> str:
+    """model.onnx -> model.int8.onnx beside it (quantize_dynamic, once, cached)."""
+    target = Path(onnx_path).with_suffix(".int8.onnx")
+    if not target.is_file():
+        print(f"quantizing {onnx_path} to int8 (once) ...", file=log, flush=True)
+        from bench.contenders import quantize_onnx
+
+        quantize_onnx(onnx_path, target)
+    return str(target)
 
 
 def _last_line(text: str) -> str:
@@ -339,10 +241,12 @@ def padded_tokens(lengths: list[int], batch: int = PEER_BATCH) -> int:
 
 
 def run(model: str = MODEL, quick: bool = False, lengths=None, contenders=CONTENDERS, repeats: int | None = None,
-        batch_tokens: int = 16384, log=sys.stderr, sweep: list[int] | None = None, latency_runs: int = 0) -> dict:
+        batch_tokens: int = 16384, log=sys.stderr, sweep: list[int] | None = None, latency_runs: int = 0,
+        latency_tokens=(16,)) -> dict:
     """sweep: tokens-per-batch values for the tinyembed contenders on the mixed corpus as token
-    ids; latency_runs: one 16-token text alone, that many times per round, every contender."""
-    lengths = list(lengths or FULL)
+    ids; latency_runs: one text of each of latency_tokens tokens alone, that many times per
+    round, every contender (report["latency"], ["latency128"], ...)."""
+    lengths = list(FULL) if lengths is None else list(lengths)
     sizes = QUICK if quick else FULL
     repeats = repeats or (1 if quick else 3)
     settings = {"model": model, "lengths": lengths, "repeats": repeats, "batch_tokens": batch_tokens,
@@ -350,11 +254,11 @@ def run(model: str = MODEL, quick: bool = False, lengths=None, contenders=CONTEN
     report = new_report("engine throughput vs peers, by length distribution", settings)
     corpora, info = build_corpora(model, lengths, sizes)
     report["corpus"] = {k: {kk: vv for kk, vv in v.items() if kk != "lengths"} for k, v in info.items()}
-    extra = extra_corpora(model, sweep, latency_runs)
+    extra = extra_corpora(model, sweep, latency_runs, latency_tokens)
     corpora += extra
-    worker_settings = {"repeats": repeats, "batch_tokens": batch_tokens, "onnx_path": None}
+    worker_settings = {"repeats": repeats, "batch_tokens": batch_tokens, "onnx_path": None, "onnx_int8_path": None}
     skipped = {}
-    if "onnxruntime" in contenders:
+    if any(c.startswith("onnxruntime") for c in contenders):
         missing = [m for m in ("onnxruntime", "onnx", "onnxscript", "torch", "transformers") if not find_spec(m)]
         if missing:
             onnx_path, error = None, f"not installed: {', '.join(missing)} (pip install -e '.[bench]')"
@@ -362,8 +266,10 @@ def run(model: str = MODEL, quick: bool = False, lengths=None, contenders=CONTEN
             onnx_path, error = export_onnx(model, log)
         if onnx_path:
             worker_settings["onnx_path"] = onnx_path
+            if any(c.partition("@")[0] == "onnxruntime-int8" for c in contenders):
+                worker_settings["onnx_int8_path"] = quantized_onnx(onnx_path, log)
         else:
-            skipped["onnxruntime"] = error
+            skipped.update({c: error for c in contenders if c.startswith("onnxruntime")})
     if "sentence-transformers" in contenders and not find_spec("sentence_transformers"):
         skipped["sentence-transformers"] = "not installed (pip install sentence-transformers)"
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as spec_file:
@@ -431,7 +337,7 @@ def run(model: str = MODEL, quick: bool = False, lengths=None, contenders=CONTEN
                 continue
             cr = r["results"][corpus]
             med = median(cr["times"])
-            computed = tokens if name == "tinyembed" or corpus != "mixed" else padded_tokens(info[corpus]["lengths"])
+            computed = tokens if name.startswith("tinyembed") or corpus != "mixed" else padded_tokens(info[corpus]["lengths"])
             row = {"corpus": corpus, "contender": name, "median_s": med, "times": cr["times"],
                    "tokens_per_s": tokens / med, "computed_tokens": computed, "real_tokens": tokens,
                    "padding": 1 - tokens / computed}
@@ -454,7 +360,7 @@ def run(model: str = MODEL, quick: bool = False, lengths=None, contenders=CONTEN
     return report
 
 
-def extra_corpora(model: str, sweep: list[int] | None, latency_runs: int) -> list[dict]:
+def extra_corpora(model: str, sweep: list[int] | None, latency_runs: int, latency_tokens=(16,)) -> list[dict]:
     from tinyembed.engine import load_engine
 
     tokenizer = load_engine(model).tokenizer
@@ -463,12 +369,12 @@ def extra_corpora(model: str, sweep: list[int] | None, latency_runs: int) -> lis
         ids = [s.tolist() for s in tokenizer.encode(mixed_corpus(FULL["mixed"]), truncate=True)]
         out.append({"name": "sweep", "texts": None, "ids": ids, "max_length": tokenizer.max_length,
                     "tokens": sum(map(len, ids))})
-    if latency_runs:
-        texts = mixed_corpus(400)
-        lengths = [len(s) for s in tokenizer.encode(texts, truncate=True)]
-        text = min(zip(texts, lengths), key=lambda tl: abs(tl[1] - 16))[0]  # 16 tokens, specials included
-        out.append({"name": "latency", "texts": [text], "ids": None, "max_length": tokenizer.max_length,
-                    "tokens": lengths[texts.index(text)]})
+    texts = mixed_corpus(400) if latency_runs else []
+    lengths = [len(s) for s in tokenizer.encode(texts, truncate=True)]
+    for want in latency_tokens if latency_runs else ():
+        text = min(zip(texts, lengths), key=lambda tl: abs(tl[1] - want))[0]  # specials included
+        out.append({"name": "latency" if want == 16 else f"latency{want}", "texts": [text], "ids": None,
+                    "max_length": tokenizer.max_length, "tokens": lengths[texts.index(text)]})
     return out
 
 
@@ -564,7 +470,7 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=16384)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--plot", type=Path, help="write a PNG here")
-    parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # a contender, maybe with @threads
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

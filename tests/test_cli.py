@@ -77,7 +77,7 @@ def test_model_ids_and_aliases():
 
 
 @pytest.mark.parametrize("argv", [["--log-format", "xml"], ["--max-inputs", "0"], ["--model", "a=/x", "--model", "a=/y"],
-                                  ["--loop", "trio"], ["--batching", "sometimes"]])
+                                  ["--loop", "trio"], ["--batching", "sometimes"], ["--precision", "int4"]])
 def test_bad_settings_exit_2_with_a_message(argv, capsys):
     assert cli.main(["serve", *argv]) == 2
     assert "error" in capsys.readouterr().err
@@ -96,6 +96,14 @@ def test_gpu_dtype_on_cpu_exits_1_with_the_reason():
                              "--device", "cpu", "--dtype", "float16"], capture_output=True, text=True, cwd=ROOT,
                             timeout=120)
     assert result.returncode == 1 and "needs a GPU" in result.stderr
+
+
+def test_precision_flag_reaches_the_config_and_the_embed_command(capsys):
+    assert config_of([]).precision == "fp32"
+    assert config_of(["--precision", "int8"]).precision == "int8"
+    assert config_of([], {"TINYEMBED_PRECISION": "int8"}).precision == "int8"
+    assert cli.main(["embed", "--model", TINY_MODEL, "--precision", "int8", "hello"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["embedding"]) == 32
 
 
 def test_embed_command_prints_engine_vectors(capsys, tiny):

@@ -37,9 +37,13 @@ def _library():
 @pytest.fixture(scope="module", params=["fast", "naive"])
 def ops(request):
     c = COps(_library(), threads=2, naive=request.param == "naive")
-    c._buffer = lambda rows, cols: np.full((rows, cols), np.nan, np.float32)  # poisoned outputs
-    c._new_output = c._buffer
+    c._buffer = _poisoned  # every output element must be written
+    c._new_output = _poisoned
     return c
+
+
+def _poisoned(rows, cols, dtype=np.float32):
+    return np.full((rows, cols), np.nan if dtype == np.float32 else 0x5A, dtype)
 
 
 @pytest.fixture(scope="module")
@@ -111,13 +115,14 @@ def test_attention_lengths_1_to_1024(ops, heads, head_dim):
     assert np.abs(out - _attention_reference(qkv, cu, heads)).max() <= 2e-6
 
 
-def test_attention_large_logits(ops, twin):
+@pytest.mark.parametrize("heads,head_dim", [(4, 64), (12, 32)])  # 32: the tiled version's running max
+def test_attention_large_logits(ops, twin, heads, head_dim):
     cu = np.array([0, 5, 70, 200], np.int32)
-    qkv = (rng().standard_normal((200, 3 * 4 * 64)) * 4).astype(np.float32)  # logits gaps >> 80
-    reference = _attention_reference(qkv, cu, 4)
-    out = ops.attention(qkv, cu, 130, 4)
+    qkv = (rng().standard_normal((200, 3 * heads * head_dim)) * 4).astype(np.float32)  # logits gaps >> 80
+    reference = _attention_reference(qkv, cu, heads)
+    out = ops.attention(qkv, cu, 130, heads)
     assert np.abs(out - reference).max() <= 1e-4 * max(1.0, np.abs(reference).max())
-    assert np.abs(out - twin.attention(qkv, cu, 130, 4)).max() <= 2e-4 * max(1.0, np.abs(reference).max())
+    assert np.abs(out - twin.attention(qkv, cu, 130, heads)).max() <= 2e-4 * max(1.0, np.abs(reference).max())
 
 
 def test_attention_long_sequence(ops):

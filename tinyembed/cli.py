@@ -32,6 +32,8 @@ SERVE_OPTIONS = {
     "--port": (int, "TCP port, 0 for any free port"),
     "--device": (str, "cpu | cuda | cuda:N | auto, or several GPUs: cuda:0,cuda:1 | cuda:all"),
     "--dtype": (str, "float16 | bfloat16 | float32, GPU only; unset: float16 on a GPU"),
+    "--precision": (str, "fp32 | int8: the CPU linear layers (int8: dynamic int8 activations x int8 weights, "
+                         "AVX-512 VNNI / AVX-VNNI when present); fp32 unless set"),
     "--threads": (int, "CPU compute threads; unset: the engine's choice"),
     "--tokenizer-threads": (int, "threads that tokenize requests"),
     "--max-batch-tokens": (int, "tokens per forward pass"),
@@ -126,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--model", default=registry.DEFAULT_MODEL)
         sub.add_argument("--device", default="cpu")
         sub.add_argument("--dtype", default=None)
+        sub.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="CPU linear layers")
         sub.add_argument("--input-type", choices=("query", "document"), default=None)
         sub.add_argument("--prompt-name", default=None, help="a named prompt of the model (see `models` / /v1/models)")
         sub.add_argument("--truncate", action="store_true", help="truncate over-long texts instead of failing")
@@ -206,8 +209,11 @@ def server_config(args: argparse.Namespace, environ=os.environ) -> tuple[ServerC
         raise ValueError("--loop must be auto, uvloop or asyncio")
     if v["batching"] is not None and v["batching"] not in ("continuous", "per-request"):
         raise ValueError("--batching must be continuous or per-request")
+    if v["precision"] is not None and v["precision"] not in ("fp32", "int8"):
+        raise ValueError("--precision must be fp32 or int8")
     config = ServerConfig(**{k: val for k, val in dict(
         host=v["host"], port=v["port"], device=v["device"], dtype=v["dtype"], threads=v["threads"],
+        precision=v["precision"],
         tokenizer_threads=v["tokenizer_threads"], max_batch_tokens=v["max_batch_tokens"],
         max_batch_latency=v["max_batch_latency"],
         max_batch_sequences=v["max_batch_sequences"], log_format=v["log_format"], shutdown_timeout=v["shutdown_timeout"], event_loop=v["loop"],
@@ -306,7 +312,7 @@ def embed(args) -> int:
         return bulk.run(args)
     from tinyembed.engine import load_engine
 
-    engine = load_engine(args.model, device=args.device, dtype=args.dtype)
+    engine = load_engine(args.model, device=args.device, dtype=args.dtype, precision=args.precision)
     sequences = engine.tokenizer.encode(_read_texts(args), args.truncate, args.input_type, args.prompt_name)
     vectors = engine.embed_sequences(sequences, dimensions=args.dimensions)
     for i, (seq, vector) in enumerate(zip(sequences, vectors)):
@@ -323,7 +329,7 @@ def _ray_bulk(args) -> int:
 def tokenize(args) -> int:
     from tinyembed.engine import load_engine
 
-    engine = load_engine(args.model, device=args.device, dtype=args.dtype)
+    engine = load_engine(args.model, device=args.device, dtype=args.dtype, precision=args.precision)
     for i, ids in enumerate(engine.tokenizer.encode(_read_texts(args), args.truncate, args.input_type,
                                                     args.prompt_name)):
         line = {"index": i, "ids": ids.tolist(), "tokens": engine.tokenizer.tokens(ids)}

@@ -38,6 +38,7 @@ class ModelInfo:
     device: str
     prompts: dict[str, str] = field(default_factory=dict)
     kernels: str = ""  # which kernels run: "c" or "numpy" on the CPU, "cuda" on a GPU
+    precision: str = "fp32"  # the linear layers' arithmetic: "fp32", or "int8" (CPU, --precision int8)
     task: str = "embeddings"  # "rerank" for a cross-encoder: its `dimensions` is its one output label
 
 
@@ -58,6 +59,7 @@ class Engine:
             device=ops.name,
             prompts=dict(spec.prompts),
             kernels=getattr(ops, "kernels", ops.name),
+            precision=precision_of(spec, ops),
             task="rerank" if reranker else "embeddings",
         )
 
@@ -127,6 +129,15 @@ class Engine:
         return self.embed_sequences(sequences, dimensions=dimensions)
 
 
+def precision_of(spec: ModelSpec, ops) -> str:
+    """What the model really runs in: int8 packs encoder weights only (decoders stay fp32)."""
+    precision = getattr(ops, "precision", "fp32")
+    if precision != "fp32" and spec.is_decoder:
+        log.warning("--precision %s: %s is a decoder, which runs in fp32", precision, spec.path)
+        return "fp32"
+    return precision
+
+
 def build_model(spec: ModelSpec, ops):
     """The forward pass for the spec's family on these ops."""
     if not spec.is_decoder:
@@ -136,8 +147,14 @@ def build_model(spec: ModelSpec, ops):
     return decoder_family(spec.family).Model(spec, ops)  # family names are model_types too
 
 
-def make_ops(device: str = "cpu", dtype: str | None = None, threads: int | None = None):
-    """Ops for a device: "cpu", "cuda", "cuda:N", or "auto" (CUDA when CuPy sees a GPU)."""
+def make_ops(device: str = "cpu", dtype: str | None = None, threads: int | None = None,
+             precision: str = "fp32"):
+    """Ops for a device: "cpu", "cuda", "cuda:N", or "auto" (CUDA when CuPy sees a GPU).
+    precision "int8" (dynamic int8 activations x int8 weights) is a CPU option."""
+    if precision not in ("fp32", "int8"):
+        raise TinyEmbedError(f"unknown precision {precision!r}: use fp32 or int8")
+    if precision != "fp32" and device != "cpu":
+        raise TinyEmbedError(f"--precision {precision} runs on the CPU only (--device cpu); GPUs use --dtype")
     if device == "auto":
         from tinyembed.engine.ops import cuda_ops
 
@@ -152,7 +169,7 @@ def make_ops(device: str = "cpu", dtype: str | None = None, threads: int | None 
             raise TinyEmbedError(f"--dtype {dtype} needs a GPU; the CPU path computes in float32")
         from tinyembed.engine.ops.c_ops import make_cpu_ops
 
-        return make_cpu_ops(threads)  # C kernels when they build, else numpy (logged)
+        return make_cpu_ops(threads, precision)  # C kernels when they build, else numpy (logged)
     if "," in device or device == "cuda:all":
         raise TinyEmbedError(f"--device {device}: one engine runs on one device; several GPUs are for "
                              "`tinyembed serve` (and `tinyembed embed --ray`: one actor per GPU)")
@@ -189,10 +206,10 @@ def expand_devices(device: str) -> list[str]:
 
 
 def load_engine(model: str = registry.DEFAULT_MODEL, name: str | None = None, device: str = "cpu",
-                dtype: str | None = None, threads: int | None = None) -> Engine:
+                dtype: str | None = None, threads: int | None = None, precision: str = "fp32") -> Engine:
     path = registry.resolve(model)
     spec = read_spec(path)
-    engine = Engine(name or model, spec, make_ops(device, dtype, threads))
+    engine = Engine(name or model, spec, make_ops(device, dtype, threads, precision))
     if engine.info.task == "embeddings":
         engine.calibration  # noqa: B018 -- int8 ranges before serving: no compute races a batch later
     return engine

@@ -89,7 +89,8 @@ class Context:
 
 def load_models(config: ServerConfig) -> list[tuple[ModelSource, Engine]]:
     """Blocking: load every configured model (called on a worker thread)."""
-    return [(source, load_on_devices(source.path, source.name, config.device, config.dtype, config.threads))
+    return [(source, load_on_devices(source.path, source.name, config.device, config.dtype, config.threads,
+                                     config.precision))
             for source in config.models]
 
 
@@ -420,7 +421,8 @@ def _card(served: Served) -> ModelCard:
     info = served.engine.info
     return ModelCard(id=served.id, created=served.created, root=served.root, dimensions=info.dimensions,
                      max_input_tokens=info.max_input_tokens, device=info.device, kernels=info.kernels,
-                     family=info.family, prompts=list(info.prompts), **_task_fields(served.engine))
+                     precision=info.precision, family=info.family, prompts=list(info.prompts),
+                     **_task_fields(served.engine))
 
 
 def _task_fields(engine: Engine) -> dict:

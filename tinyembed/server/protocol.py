@@ -87,6 +87,7 @@ class ModelCard(Struct, kw_only=True):
     max_input_tokens: int
     device: str = "cpu"
     kernels: str = ""  # "c" or "numpy" on the CPU (TINYEMBED_CPU_KERNELS), "cuda" on a GPU
+    precision: str = "fp32"  # the linear layers' arithmetic: fp32, or int8 (--precision int8, CPU)
     supported_features: list[str] = msgspec.field(default_factory=lambda: ["embeddings"])
     family: str | None = None  # the architecture: bert, xlmr, qwen3, qwen2, mistral, gemma2
     prompts: list[str] = msgspec.field(default_factory=list)  # names usable as `prompt_name`

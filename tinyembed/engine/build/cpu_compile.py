@@ -8,6 +8,9 @@ anew, anything else loads in milliseconds. Builds go to a temporary name in the 
 and are renamed into place, so two processes starting together each see either nothing or a
 whole library. A cached library that fails to load is deleted and rebuilt once.
 
+TINYEMBED_CPU_CFLAGS adds flags after those (part of the hash): `-mno-avx512vnni -mno-avxvnni`
+builds the library a CPU without VNNI gets, so its int8 fallback can be tested anywhere.
+
 Anything that goes wrong raises CpuBuildError with a reason meant for one log line.
 """
 
@@ -26,6 +29,11 @@ from tinyembed.engine.build.kernel_paths import candidate_folders
 
 FLAGS = ("-std=c99", "-O3", "-march=native", "-shared", "-fPIC")
 BUILD_TIMEOUT_S = 120
+
+
+def all_flags() -> tuple[str, ...]:
+    """FLAGS plus TINYEMBED_CPU_CFLAGS (split on spaces)."""
+    return FLAGS + tuple(os.environ.get("TINYEMBED_CPU_CFLAGS", "").split())
 
 
 class CpuBuildError(RuntimeError):
@@ -74,7 +82,7 @@ def library_path(compiler: str, sources: list[Path]) -> Path:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise CpuBuildError(f"{compiler} --version failed: {exc}") from None
-    digest.update("\0".join([compiler, version, *FLAGS, cpu_id()]).encode())
+    digest.update("\0".join([compiler, version, *all_flags(), cpu_id()]).encode())
     return cache_dir() / f"cpu-kernels-{digest.hexdigest()[:20]}.so"
 
 
@@ -82,7 +90,7 @@ def compile_library(compiler: str, sources: list[Path], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    cmd = [compiler, *FLAGS, *(str(p) for p in sources if p.suffix == ".c"), "-o", tmp, "-lm"]
+    cmd = [compiler, *all_flags(), *(str(p) for p in sources if p.suffix == ".c"), "-o", tmp, "-lm"]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         if done.returncode != 0:

@@ -17,6 +17,10 @@ from tinyembed.engine.ops.numpy_ops import normalize
 from tinyembed.engine.checkpoints.spec import ModelSpec
 
 
+GEMM_WEIGHTS = ("qkv_w", "out_w", "ffn_in_w", "ffn_out_w")
+LAYER_PARAMS = GEMM_WEIGHTS + ("qkv_b", "out_b", "ffn_in_b", "ffn_out_b", "ln1_w", "ln1_b", "ln2_w", "ln2_b")
+
+
 @dataclass(frozen=True)
 class Batch:
     """A packed, padding-free batch: what every backend consumes."""
@@ -52,7 +56,13 @@ class EncoderModel:
         self.ops = ops
         params = dict(params)
         params["token_type0"] = params.pop("token_type")[0]  # no token-type inputs: all type 0
-        self.p = {name: ops.param(array) for name, array in params.items()}
+        # GEMM weights in the ops' own form (C: packed once, float32 or int8), the rest as arrays
+        weight = getattr(ops, "linear_weight", ops.param)
+        self.p = {name: (weight if name.endswith(GEMM_WEIGHTS) else ops.param)(array)
+                  for name, array in params.items()}
+        fuse = getattr(ops, "fuse_layers", None)  # C ops: all layers in one call for small batches
+        layers = [{name: self.p[f"layer.{i}.{name}"] for name in LAYER_PARAMS} for i in range(spec.num_layers)]
+        self.fused = fuse(layers, spec.num_heads, spec.layer_norm_eps) if fuse else None
         self.graphs = None
         if getattr(ops, "graphs", False):  # CudaOps(graphs=True): replay short batches (cuda_graphs.py)
             from tinyembed.engine.ops.cuda_graphs import GraphCache
@@ -84,6 +94,8 @@ class EncoderModel:
 
         x = ops.embed(ids, positions, p["word"], p["position"], p["token_type0"],
                       p["emb_ln_w"], p["emb_ln_b"], eps)  # (T, H)
+        if self.fused is not None and self.fused.takes(cu):  # the same layers, one C call per thread
+            return ops.pool_normalize(self.fused(x, cu), cu, spec.pooling)  # (n, H), unit length
         for i in range(spec.num_layers):
             w = lambda name: p[f"layer.{i}.{name}"]  # noqa: E731
             qkv = ops.linear(x, w("qkv_w"), w("qkv_b"))  # (T, 3H)

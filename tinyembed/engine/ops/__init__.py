@@ -2,7 +2,9 @@
 
     numpy_ops.py   NumpyOps, the float32 reference every kernel is checked against
                    (numpy_decoder.py: the decoder ops, mixed into it)
-    c_ops.py       COps: NumpyOps with kernels/cpu/*.c through ctypes (GEMMs stay in BLAS)
+    c_ops.py       COps: NumpyOps with kernels/cpu/*.c through ctypes, GEMMs on weights packed
+                   at load, fp32 or int8 (c_int8.py: the layouts and numpy twins; c_fused.py:
+                   all encoder layers in one C call per thread for small batches)
     cuda_ops.py    CudaOps: kernels/cuda/*.cu through CuPy, GEMMs in cuBLAS
                    (cuda_runtime.py: device, compile, launch, uploads; cuda_decoder.py: the
                    decoder ops; cuda_graphs.py: captured forwards for small batches)

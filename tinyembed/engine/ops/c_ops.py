@@ -1,13 +1,18 @@
 """CPU ops on our C kernels (kernels/cpu/*.c): NumpyOps' contract, with every non-GEMM op fused.
 
-GEMMs stay in numpy's BLAS, written into reused buffers (np.matmul(out=...)): a fresh 100 MB
-activation costs as much in page faults as a GELU pass. Embedding, bias + GELU, bias + residual
+A model's linear layers run on our GEMMs over weights packed once at load (`linear_weight`:
+float32 panels, or int8 with `precision="int8"`; ops/c_int8.py); a plain ndarray weight still
+goes to numpy's BLAS. Outputs land in reused buffers: a fresh 100 MB activation costs as much
+in page faults as a GELU pass. Small batches run all layers in one C call (`encoder_layers`,
+kernels/cpu/encoder_layer.c) on the calling thread. Embedding, bias + GELU, bias + residual
 + LayerNorm, attention and pooling are one C call each per row range; ctypes releases the GIL,
 so the calling thread and NumpyOps' pool threads run ranges side by side. Small work runs in the
 calling thread alone: a pool hand-off costs tens of microseconds.
 
 `make_cpu_ops()` picks this class when the kernels build (cpu_compile.py) and NumpyOps otherwise
 (no compiler, a failed build, or TINYEMBED_CPU_KERNELS=numpy), logging one line that says which.
+int8 uses AVX-512 VNNI / AVX-VNNI when the CPU has them and portable C otherwise (or when
+TINYEMBED_CPU_INT8=portable), said in the same line; both give bit-identical vectors.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import numpy as np
 
 from tinyembed.engine.build import cpu_compile
 from tinyembed.engine.build.cpu_threads import available_cores
+from tinyembed.engine.ops.c_fused import FusedLayers
+from tinyembed.engine.ops.c_int8 import PackedLinear, pack_f32, pack_int8
 from tinyembed.engine.ops.numpy_ops import NumpyOps
 
 log = logging.getLogger("tinyembed")
@@ -36,8 +43,24 @@ SIGNATURES = {  # C entry point -> (argtypes, restype)
     "bias_residual_layernorm": ((_P, _P, _P, _P, _P, _F, _I, _L, _L), None),
     "attention": ((_P, _P, _P, _I, _I, _L, _L), _I),
     "pool_normalize": ((_P, _P, _I, _I, _P, _L, _L), None),
+    "gemm_f32_packed": ((_P, _P, _P, _P, _I, _I, _I, _L, _L), None),
+    "quantize_rows": ((_P, _I, _I, _P, _P, _P, _L, _L), None),
+    "gemm_int8": ((_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _L, _L), None),
+    "gemm_int8_portable": ((_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _L, _L), None),
+    "int8_isa": ((), _I),
+    "encoder_layers": ((_P, _I, _I, _F, _I, _P, _P, _I, _L, _P, _P, _P, _P, _P), _I),
 }
-NAIVE = {name: name + "_naive" for name in SIGNATURES if name != "bias_add"}
+NAIVE = {name: name + "_naive" for name in ("embed", "bias_gelu", "bias_residual_layernorm", "attention",
+                                            "pool_normalize")}
+NAIVE["gemm_f32_packed"] = "gemm_f32_naive"
+PRECISIONS = ("fp32", "int8")
+EPILOGUE = {None: 0, "bias": 1, "gelu": 2}  # what a GEMM does to its rows after the sums
+# All layers in one C call on the calling thread up to this many tokens (with 1 thread: always):
+# below it, splitting each GEMM over the pool costs more hand-offs than a second core saves.
+# Above it, a batch of several sequences is cut at a sequence boundary into one part per thread,
+# each part one C call (sequences never mix in an encoder), when the cut is this even or better.
+FUSED_MAX_TOKENS = 48
+FUSED_MIN_SHARE = 0.35
 MIN_ELEMENTS_PER_THREAD = 96 * 1024  # elementwise work below this runs in the calling thread
 MIN_ATTENTION_FLOPS_PER_THREAD = 4e6
 # A GEMM below this many FLOPs runs on one BLAS thread: waking a second thread costs more than
@@ -55,33 +78,39 @@ def _ptr(array: np.ndarray, dtype=np.float32) -> int:
 class COps(NumpyOps):
     kernels = "c"
 
-    def __init__(self, lib: ctypes.CDLL, threads: int | None = None, naive: bool = False):
+    def __init__(self, lib: ctypes.CDLL, threads: int | None = None, naive: bool = False,
+                 precision: str = "fp32", int8_portable: bool = False):
         super().__init__(threads or available_cores())
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         self.library = lib
         self.naive = naive
+        self.precision = precision
+        self.int8_isa = 0 if int8_portable else lib.int8_isa()  # 512 / 256: VNNI; 0: portable C
         self._fn = {}
         for name, (argtypes, restype) in SIGNATURES.items():
             fn = getattr(lib, NAIVE.get(name, name) if naive else name)
             fn.argtypes, fn.restype = argtypes, restype
             self._fn[name] = fn
+        self._gemm_int8 = self._fn["gemm_int8" if self.int8_isa else "gemm_int8_portable"]
         self._arena = threading.local()
         # BLAS and the kernels take turns, so each may use every available core, but no more:
         # an OpenBLAS sized by os.cpu_count() in a 1-CPU container spins threads on one core.
         self._set_blas_threads(self.threads)
 
     # -- buffers ------------------------------------------------------------------------------
-    def _buffer(self, rows: int, cols: int) -> np.ndarray:
+    def _buffer(self, rows: int, cols: int, dtype=np.float32) -> np.ndarray:
         """A (rows, cols) float32 array carved from a reused buffer that nothing else references
         (a live view keeps its base's reference count up). One pool of buffers per thread."""
         pools = getattr(self._arena, "pools", None)
         if pools is None:
             pools = self._arena.pools = {}
-        bases = pools.setdefault(cols, [])
+        bases = pools.setdefault((cols, dtype), [])
         for base in bases:
             if base.shape[0] >= rows and sys.getrefcount(base) <= 3:  # bases, `base`, the call
                 return base[:rows]
         bases[:] = [b for b in bases if sys.getrefcount(b) > 3]  # drop free buffers too small
-        base = np.empty((rows, cols), dtype=np.float32)
+        base = np.empty((rows, cols), dtype=dtype)
         bases.append(base)
         return base[:rows]
 
@@ -124,13 +153,54 @@ class COps(NumpyOps):
         # count, so every GEMM of one shape must run with the same count on any thread.
         self._gemm_threads.set(n)
 
-    def matmul(self, x, w):
+    def linear_weight(self, w: np.ndarray) -> PackedLinear:
+        """A (K, N) GEMM weight packed once at load for this ops' precision."""
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        return pack_int8(w) if self.precision == "int8" else pack_f32(w)
+
+    def matmul(self, x, w, bias=None, epilogue=None):
+        """(T, K) @ (K, N); a packed weight may fuse `epilogue` ("bias" or "gelu") with `bias`."""
+        if isinstance(w, PackedLinear):
+            return self._packed_gemm(x, w, bias, EPILOGUE[epilogue])
         out = self._buffer(x.shape[0], w.shape[1])
         flops = 2.0 * x.shape[0] * x.shape[1] * w.shape[1]
         self._set_blas_threads(max(1, min(self.threads, int(flops // MIN_GEMM_FLOPS_PER_THREAD))))
         return np.matmul(x, w, out=out)
 
+    def _packed_gemm(self, x, w: PackedLinear, bias, epilogue: int):
+        rows = x.shape[0]
+        if x.shape[1] != w.k:
+            raise ValueError(f"x has {x.shape[1]} columns, the weight {w.k} rows")
+        out = self._buffer(rows, w.n)
+        b = _ptr(bias) if epilogue else None
+        threads = max(1, min(self.threads, rows, int(2.0 * rows * w.k * w.n // MIN_GEMM_FLOPS_PER_THREAD)))
+        if w.q is None:
+            args = (_ptr(x), _ptr(w.f32), b, _ptr(out), w.k, w.n, epilogue)
+            self._split(self._fn["gemm_f32_packed"], args, rows, threads)
+            return out
+        xq, xs, xz = self._buffer(rows, w.kp, np.uint8), self._buffer(rows, 1), self._buffer(rows, 1, np.int32)
+        quantize, gemm = self._fn["quantize_rows"], self._gemm_int8
+        xargs = (_ptr(xq, np.uint8), _ptr(xs), _ptr(xz, np.int32))
+        wargs = (_ptr(w.q, np.int8), _ptr(w.scale), _ptr(w.sum, np.int32), b, _ptr(out), w.kp, w.n, epilogue)
+
+        def run(begin, end):
+            quantize(_ptr(x), w.k, w.kp, *xargs, begin, end)
+            gemm(*xargs, *wargs, begin, end)
+
+        self._split(run, (), rows, threads)
+        return out
+
+    def fuse_layers(self, layers: list[dict], num_heads: int, eps: float):
+        """The encoder's layers as one C call per thread (c_fused.py): a callable (x, cu_seqlens)
+        -> x with a `takes(cu_seqlens)` test, or None when the weights are not packed."""
+        gemms = ("qkv_w", "out_w", "ffn_in_w", "ffn_out_w")
+        if self.naive or not layers or not all(isinstance(p[name], PackedLinear) for p in layers for name in gemms):
+            return None
+        return FusedLayers(self, layers, num_heads, eps, FUSED_MAX_TOKENS, FUSED_MIN_SHARE)
+
     def linear(self, x, w, b):
+        if isinstance(w, PackedLinear):
+            return self._packed_gemm(x, w, b, EPILOGUE["bias"])
         y = self.matmul(x, w)
         rows, width = y.shape
         self._split(self._fn["bias_add"], (_ptr(y), _ptr(b), width), rows, self._rows_threads(rows, width))
@@ -185,20 +255,34 @@ class COps(NumpyOps):
         return out
 
 
-def make_cpu_ops(threads: int | None = None):
-    """COps when the C kernels build and load, else NumpyOps; one log line says which and why."""
+def make_cpu_ops(threads: int | None = None, precision: str = "fp32"):
+    """COps when the C kernels build and load, else NumpyOps; one log line says which and why
+    (and, for int8, which instructions run it)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     choice = os.environ.get("TINYEMBED_CPU_KERNELS", "c").strip().lower()
+    int8_note = ", int8 needs the C kernels: running fp32" if precision == "int8" else ""
     if choice == "numpy":
         ops = NumpyOps(threads or available_cores())
-        log.info("cpu kernels: numpy (TINYEMBED_CPU_KERNELS=numpy), %d threads", ops.threads)
+        log.info("cpu kernels: numpy (TINYEMBED_CPU_KERNELS=numpy)%s, %d threads", int8_note, ops.threads)
         return ops
     try:
         lib, path, built = cpu_compile.load(tuple(SIGNATURES) + tuple(NAIVE.values()))
     except cpu_compile.CpuBuildError as exc:
         ops = NumpyOps(threads or available_cores())
-        log.warning("cpu kernels: numpy (C kernels unavailable: %s), %d threads", exc, ops.threads)
+        log.warning("cpu kernels: numpy (C kernels unavailable: %s)%s, %d threads", exc, int8_note, ops.threads)
         return ops
-    ops = COps(lib, threads, naive=choice == "naive")
-    log.info("cpu kernels: C%s (%s %s), %d threads", " naive" if ops.naive else "",
-             "built" if built else "cached", path, ops.threads)
+    forced = os.environ.get("TINYEMBED_CPU_INT8", "").strip().lower() == "portable"
+    ops = COps(lib, threads, naive=choice == "naive", precision=precision, int8_portable=forced)
+    log.info("cpu kernels: C%s (%s %s), %s, %d threads", " naive" if ops.naive else "",
+             "built" if built else "cached", path, describe_precision(ops, forced), ops.threads)
     return ops
+
+
+def describe_precision(ops: COps, forced: bool) -> str:
+    if ops.precision == "fp32":
+        return "fp32"
+    if ops.int8_isa:
+        return f"int8 on {'AVX-512 VNNI' if ops.int8_isa == 512 else 'AVX-VNNI'}"
+    why = "TINYEMBED_CPU_INT8=portable" if forced else "this CPU has no AVX-512 VNNI / AVX-VNNI"
+    return f"int8 on portable C ({why}; same vectors, slower than fp32)"

@@ -37,10 +37,10 @@ class ModelInfo:
 
 
 class Engine:
-    def __init__(self, name: str, spec: ModelSpec, ops):
+    def __init__(self, name: str, spec: ModelSpec, ops, precision: str | None = None):
         self.spec = spec
         self.tokenizer = Tokenizer(spec)
-        self.model = build_model(spec, ops)
+        self.model = build_model(spec, ops, precision)
         self.info = ModelInfo(
             name=name,
             dimensions=spec.hidden_size,
@@ -105,13 +105,16 @@ class Engine:
         return self.embed_sequences(sequences, dimensions=dimensions)
 
 
-def build_model(spec: ModelSpec, ops):
-    """The forward pass for the spec's family on these ops."""
+def build_model(spec: ModelSpec, ops, precision: str | None = None):
+    """The forward pass for the spec's family on these ops. precision: decoders' weights on the
+    CPU, "fp32" or "bf16" (None: bf16 only when a bf16 checkpoint would not fit in float32)."""
     if not spec.is_decoder:
+        if precision not in (None, "fp32"):
+            raise ModelLoadError(f"{spec.path}: --precision {precision} is for decoder models; encoders run in float32")
         return EncoderModel(spec, load_params(spec), ops)
     if not hasattr(ops, "decoder_attention"):
         raise ModelLoadError(f"{spec.path}: the {spec.family} decoder has no {ops.name} ops; use --device cpu")
-    return decoder_family(spec.family).Model(spec, ops)  # family names are model_types too
+    return decoder_family(spec.family).Model(spec, ops, precision)  # family names are model_types too
 
 
 def make_ops(device: str = "cpu", dtype: str | None = None, threads: int | None = None):
@@ -167,7 +170,8 @@ def expand_devices(device: str) -> list[str]:
 
 
 def load_engine(model: str = registry.DEFAULT_MODEL, name: str | None = None, device: str = "cpu",
-                dtype: str | None = None, threads: int | None = None) -> Engine:
+                dtype: str | None = None, threads: int | None = None, precision: str | None = None) -> Engine:
+    """precision: "fp32" | "bf16" for decoder weights on the CPU (None: automatic)."""
     path = registry.resolve(model)
     spec = read_spec(path)
-    return Engine(name or model, spec, make_ops(device, dtype, threads))
+    return Engine(name or model, spec, make_ops(device, dtype, threads), precision)

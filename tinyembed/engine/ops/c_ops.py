@@ -24,6 +24,7 @@ from threadpoolctl import ThreadpoolController
 
 from tinyembed.engine.build import cpu_compile
 from tinyembed.engine.build.cpu_threads import available_cores
+from tinyembed.engine.ops.c_decoder import DecoderCOps
 from tinyembed.engine.ops.numpy_ops import NumpyOps
 
 log = logging.getLogger("tinyembed")
@@ -53,7 +54,7 @@ def _ptr(array: np.ndarray, dtype=np.float32) -> int:
     return array.ctypes.data
 
 
-class COps(NumpyOps):
+class COps(DecoderCOps, NumpyOps):  # decoder ops: c_decoder.py
     kernels = "c"
 
     def __init__(self, lib: ctypes.CDLL, threads: int | None = None, naive: bool = False):

@@ -24,6 +24,7 @@ from tinyembed.server.auth import keys_from_env, read_key_file
 from tinyembed.server.config import LOG_FORMATS, BatchSettings, HttpLimits, ModelSource, RateLimits, RequestLimits, ServerConfig
 
 ENV_PREFIX = "TINYEMBED_"
+PRECISIONS = ("fp32", "bf16")  # --precision: decoder weights on the CPU
 TRUE = ("1", "true", "yes", "on")
 
 # flag -> (type, help). Defaults live in config.py; None here means "take the config default".
@@ -33,6 +34,8 @@ SERVE_OPTIONS = {
     "--device": (str, "cpu | cuda | cuda:N | auto, or several GPUs: cuda:0,cuda:1 | cuda:all"),
     "--dtype": (str, "float16 | bfloat16 | float32, GPU only; unset: float16 on a GPU"),
     "--threads": (int, "CPU compute threads; unset: the engine's choice"),
+    "--precision": (str, "fp32 | bf16: decoder weights on the CPU (bf16: kept memory-mapped, widened per layer); "
+                         "unset: bf16 only when a bf16 checkpoint would not fit in memory as float32"),
     "--tokenizer-threads": (int, "threads that tokenize requests"),
     "--max-batch-tokens": (int, "tokens per forward pass"),
     "--max-batch-latency": (float, "seconds one forward pass should take: the batch budget is learned from "
@@ -120,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--model", default=registry.DEFAULT_MODEL)
         sub.add_argument("--device", default="cpu")
         sub.add_argument("--dtype", default=None)
+        sub.add_argument("--precision", choices=PRECISIONS, default=None, help="decoder weights on the CPU: fp32 | bf16")
         sub.add_argument("--input-type", choices=("query", "document"), default=None)
         sub.add_argument("--prompt-name", default=None, help="a named prompt of the model (see `models` / /v1/models)")
         sub.add_argument("--truncate", action="store_true", help="truncate over-long texts instead of failing")
@@ -196,12 +200,15 @@ def server_config(args: argparse.Namespace, environ=os.environ) -> tuple[ServerC
         keys += read_key_file(v["api_key_file"])
     if v["log_format"] is not None and v["log_format"] not in LOG_FORMATS:
         raise ValueError(f"--log-format must be one of {LOG_FORMATS}")
+    if v["precision"] is not None and v["precision"] not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}")
     if v["loop"] is not None and v["loop"] not in ("auto", "uvloop", "asyncio"):
         raise ValueError("--loop must be auto, uvloop or asyncio")
     if v["batching"] is not None and v["batching"] not in ("continuous", "per-request"):
         raise ValueError("--batching must be continuous or per-request")
     config = ServerConfig(**{k: val for k, val in dict(
         host=v["host"], port=v["port"], device=v["device"], dtype=v["dtype"], threads=v["threads"],
+        precision=v["precision"],
         tokenizer_threads=v["tokenizer_threads"], max_batch_tokens=v["max_batch_tokens"],
         max_batch_latency=v["max_batch_latency"],
         max_batch_sequences=v["max_batch_sequences"], log_format=v["log_format"], shutdown_timeout=v["shutdown_timeout"], event_loop=v["loop"],
@@ -300,7 +307,7 @@ def embed(args) -> int:
         return bulk.run(args)
     from tinyembed.engine import load_engine
 
-    engine = load_engine(args.model, device=args.device, dtype=args.dtype)
+    engine = load_engine(args.model, device=args.device, dtype=args.dtype, precision=args.precision)
     sequences = engine.tokenizer.encode(_read_texts(args), args.truncate, args.input_type, args.prompt_name)
     vectors = engine.embed_sequences(sequences, dimensions=args.dimensions)
     for i, (seq, vector) in enumerate(zip(sequences, vectors)):
@@ -317,7 +324,7 @@ def _ray_bulk(args) -> int:
 def tokenize(args) -> int:
     from tinyembed.engine import load_engine
 
-    engine = load_engine(args.model, device=args.device, dtype=args.dtype)
+    engine = load_engine(args.model, device=args.device, dtype=args.dtype, precision=args.precision)
     for i, ids in enumerate(engine.tokenizer.encode(_read_texts(args), args.truncate, args.input_type,
                                                     args.prompt_name)):
         line = {"index": i, "ids": ids.tolist(), "tokens": engine.tokenizer.tokens(ids)}

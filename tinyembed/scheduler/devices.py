@@ -68,9 +68,10 @@ def compute_executor(engine) -> ThreadPoolExecutor:
 
 
 def load_on_devices(model: str, name: str | None, device: str, dtype: str | None = None,
-                    threads: int | None = None):
+                    threads: int | None = None, precision: str | None = None):
     """An Engine for one device; a DevicePool of one Engine per device for a list or cuda:all."""
     devices = expand_devices(device)
     if len(devices) == 1:
-        return load_engine(model, name=name, device=devices[0], dtype=dtype, threads=threads)
-    return DevicePool([load_engine(model, name=name, device=d, dtype=dtype, threads=threads) for d in devices])
+        return load_engine(model, name=name, device=devices[0], dtype=dtype, threads=threads, precision=precision)
+    return DevicePool([load_engine(model, name=name, device=d, dtype=dtype, threads=threads, precision=precision)
+                       for d in devices])

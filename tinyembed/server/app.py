@@ -68,7 +68,8 @@ class Context:
 
 def load_models(config: ServerConfig) -> list[tuple[ModelSource, Engine]]:
     """Blocking: load every configured model (called on a worker thread)."""
-    return [(source, load_on_devices(source.path, source.name, config.device, config.dtype, config.threads))
+    return [(source, load_on_devices(source.path, source.name, config.device, config.dtype, config.threads,
+                                     config.precision))
             for source in config.models]
 
 

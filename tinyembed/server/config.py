@@ -78,6 +78,7 @@ class ServerConfig:
     auto_truncate: bool = False
     device: str = "cpu"
     dtype: str | None = None
+    precision: str | None = None  # decoder weights on the CPU: fp32 | bf16 (None: bf16 when fp32 would not fit)
     threads: int | None = None  # compute threads of the CPU ops (None: the engine decides)
     tokenizer_threads: int = 2
     max_batch_tokens: int = 16384  # hard cap on a forward pass

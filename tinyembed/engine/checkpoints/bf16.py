@@ -59,15 +59,16 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
-def choose_precision(requested: str | None, dtypes: set[str], float32_bytes: int, where: Path) -> str:
-    """fp32 or bf16 for a decoder checkpoint. None: bf16 only when the checkpoint is bf16 and
-    its float32 weights would not fit; an explicit choice is kept."""
+def choose_precision(requested: str | None, bf16_share: float, float32_bytes: int, where: Path) -> str:
+    """fp32 or bf16 for a decoder checkpoint. None: bf16 only when the checkpoint is bf16 (at
+    least 90% of its numbers: some keep a float32 buffer or norm) and its float32 weights would
+    not fit; an explicit choice is kept."""
     if requested not in (None, *PRECISIONS):
         raise ModelLoadError(f"unknown precision {requested!r}: use one of {', '.join(PRECISIONS)}")
     if requested is not None:
         return requested
     room = available_memory()
-    if dtypes == {"BF16"} and room is not None and float32_bytes > FIT_FRACTION * room:
+    if bf16_share >= 0.9 and room is not None and float32_bytes > FIT_FRACTION * room:
         log.warning("%s: float32 weights need %.1f GiB, %.1f GiB available: keeping the bf16 weights "
                     "memory-mapped (--precision bf16)", where, float32_bytes / 2**30, room / 2**30)
         return "bf16"
@@ -80,3 +81,26 @@ def mapped_file(file: Path) -> np.ndarray:
     if os.path.getsize(file) == 0:
         return np.zeros(0, np.uint8)
     return np.memmap(file, dtype=np.uint8, mode="r")
+
+
+def write_safetensors(file: Path, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], tensor) -> None:
+    """Stream a safetensors file one tensor at a time: `tensor(name)` returns its array (uint16
+    bits for "BF16", float32 for "F32"), written and dropped before the next. Used to make
+    checkpoints of real shapes (bench/decoder.py) and bf16 test fixtures without torch."""
+    import json
+    import struct
+
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = (2 if dtypes[name] == "BF16" else 4) * int(np.prod(shape, dtype=np.int64))
+        header[name] = {"dtype": dtypes[name], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # data starts 8-aligned, as the safetensors library writes it
+    with open(file, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for name, shape in shapes.items():
+            array = np.ascontiguousarray(tensor(name), dtype=np.uint16 if dtypes[name] == "BF16" else np.float32)
+            if array.shape != tuple(shape):
+                raise ValueError(f"{name}: got shape {array.shape}, declared {tuple(shape)}")
+            f.write(memoryview(array).cast("B"))

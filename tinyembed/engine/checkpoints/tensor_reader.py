@@ -51,6 +51,12 @@ class CheckpointReader:
     def float32_bytes(self) -> int:
         return sum(4 * int(np.prod(t.shape, dtype=np.int64)) for t in self.tensors.values())
 
+    def bf16_share(self) -> float:
+        """The fraction of the checkpoint's numbers stored as bf16."""
+        counts = [(int(np.prod(t.shape, dtype=np.int64)), t.dtype == "BF16") for t in self.tensors.values()]
+        total = sum(n for n, _ in counts)
+        return sum(n for n, is_bf16 in counts if is_bf16) / total if total else 0.0
+
     def read_bf16(self, name: str) -> np.ndarray:
         """One tensor as uint16 bfloat16 bits: a read-only view of the memory-mapped file when
         the checkpoint stores it in bf16 (nothing is read until used), else read and rounded."""

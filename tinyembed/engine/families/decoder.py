@@ -189,7 +189,7 @@ def load_plan(path: Path, plan: Plan, ops, precision: str | None = None) -> tupl
         raise ModelLoadError(f"{path}: checkpoint lacks tensor(s) {', '.join(missing[:3])}{more}")
     if wrong:
         raise ModelLoadError(f"{path}: tensor {wrong[0]}")
-    precision = choose_precision(precision, reader.dtypes(), reader.float32_bytes(), path)
+    precision = choose_precision(precision, reader.bf16_share(), reader.float32_bytes(), path)
     if precision == "bf16" and not hasattr(ops, "widen_bf16"):
         raise ModelLoadError(f"{path}: --precision bf16 runs on the CPU; on a GPU use --dtype bfloat16")
     params = {}

@@ -1,0 +1,112 @@
+"""bf16 decoder weights on the CPU (--precision bf16): tiny bf16 checkpoints made here from the
+committed fixtures (each tensor rounded to bf16 and streamed to safetensors, no torch), loaded
+memory-mapped, widened per GEMM, answering as the float32 path does on the same file and close
+to transformers' fp32 vectors of the original; the automatic choice; the refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tinyembed.common.errors import ModelLoadError
+from tinyembed.engine import Engine, load_engine
+from tinyembed.engine.checkpoints import bf16
+from tinyembed.engine.checkpoints.tensor_reader import CheckpointReader, checkpoint_files
+from tinyembed.engine.families import read_spec
+from tinyembed.engine.ops.numpy_ops import NumpyOps
+
+from engine_fixtures import FIXTURES
+
+TEXTS = json.loads((FIXTURES / "decoder_texts.json").read_text())["texts"]
+FAMILIES = ["tiny-qwen3", "tiny-qwen2-gte", "tiny-gemma2"]  # q/k norms; biases; (1+w) norms and scaled embedding
+
+
+def to_bf16_dir(source, target, matrices_only=False):
+    """A copy of a fixture whose weights are bf16 (one file; norms and biases too, as real bf16
+    checkpoints store them, unless matrices_only)."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
+    reader = CheckpointReader(source)
+    shapes = {name: info.shape for name, info in reader.tensors.items()}
+    dtypes = {n: "BF16" if len(s) == 2 or not matrices_only else "F32" for n, s in shapes.items()}
+    bf16.write_safetensors(target / "model.safetensors", shapes, dtypes,
+                           lambda n: bf16.float32_to_bf16(reader.read(n)) if dtypes[n] == "BF16" else reader.read(n))
+    return target
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def pair(request, tmp_path_factory):
+    path = to_bf16_dir(FIXTURES / request.param, tmp_path_factory.mktemp("bf16") / request.param)
+    return request.param, path
+
+
+def test_bf16_weights_stay_mapped_and_answer_as_fp32(pair):
+    name, path = pair
+    small = load_engine(str(path), precision="bf16")
+    assert small.model.precision == "bf16"
+    mapped = [w for key, w in small.model.p.items() if isinstance(w, list)]
+    assert mapped and all(part.dtype == np.uint16 and isinstance(part.base, np.memmap) for w in mapped for part in w)
+    assert small.model.p["embed"].dtype == np.uint16
+    wide = load_engine(str(path), precision="fp32")
+    assert wide.model.precision == "fp32" and all(isinstance(w, np.ndarray) and w.dtype == np.float32
+                                                   for w in wide.model.p.values())
+    got, want = small.embed_texts(TEXTS), wide.embed_texts(TEXTS)
+    np.testing.assert_allclose(got, want, atol=2e-6)  # the same bf16 values, widened before or per GEMM
+    with np.load(FIXTURES / name / "expected.npz") as exp:  # transformers, fp32 weights of the original
+        sequences = [exp["input_ids"][a:b] for a, b in zip(exp["cu_seqlens"][:-1], exp["cu_seqlens"][1:])]
+        reference = exp[[k for k in exp.files if k not in ("input_ids", "cu_seqlens")][0]]
+    vectors = small.embed_sequences(sequences)
+    assert vectors.shape == reference.shape
+    assert np.min(np.sum(vectors * reference, axis=1)) >= 0.999
+
+
+def test_numpy_ops_run_bf16_weights_too(pair):
+    _, path = pair
+    spec = read_spec(path)
+    numpy_engine = Engine("n", spec, NumpyOps(2), "bf16")
+    np.testing.assert_allclose(numpy_engine.embed_texts(TEXTS), load_engine(str(path), precision="bf16").embed_texts(TEXTS),
+                               atol=5e-6)
+
+
+def test_fp32_checkpoint_in_bf16_is_rounded_as_the_bf16_file(tmp_path):
+    source = FIXTURES / "tiny-qwen3"
+    rounded = load_engine(str(source), precision="bf16")
+    assert all(part.base is None or not isinstance(part.base, np.memmap)
+               for w in rounded.model.p.values() if isinstance(w, list) for part in w)  # read, then rounded
+    from_file = load_engine(str(to_bf16_dir(source, tmp_path / "q", matrices_only=True)), precision="bf16")
+    np.testing.assert_allclose(rounded.embed_texts(TEXTS), from_file.embed_texts(TEXTS), atol=1e-6)
+
+
+def test_automatic_precision(pair, monkeypatch, caplog):
+    _, path = pair
+    assert load_engine(str(path)).model.precision == "fp32"  # fits: float32, as before
+    size = sum(f.stat().st_size for f in checkpoint_files(path))
+    monkeypatch.setattr(bf16, "available_memory", lambda: size)  # float32 (2x the file) would not fit
+    with caplog.at_level("WARNING", logger="tinyembed"):
+        assert load_engine(str(path)).model.precision == "bf16"
+    assert "--precision bf16" in caplog.text
+    assert load_engine(str(FIXTURES / "tiny-qwen3")).model.precision == "fp32"  # float32 file: never guessed
+    assert load_engine(str(path), precision="fp32").model.precision == "fp32"  # asked: kept
+
+
+def test_refusals():
+    with pytest.raises(ModelLoadError, match="for decoder models"):
+        load_engine(str(FIXTURES / "tiny-bert-fp32"), precision="bf16")
+    with pytest.raises(ModelLoadError, match="unknown precision"):
+        load_engine(str(FIXTURES / "tiny-qwen3"), precision="int4")
+
+
+def test_cli_embed_with_precision(pair):
+    _, path = pair
+    out = subprocess.run([sys.executable, "-m", "tinyembed.cli", "embed", "--model", str(path), "--precision", "bf16",
+                          "hello world"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    vector = np.array(json.loads(out.stdout.splitlines()[0])["embedding"], np.float32)
+    np.testing.assert_allclose(vector, load_engine(str(path), precision="fp32").embed_texts(["hello world"])[0], atol=1e-5)
+    bad = subprocess.run([sys.executable, "-m", "tinyembed.cli", "embed", "--model", str(path), "--precision", "fp8", "x"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "invalid choice" in bad.stderr

@@ -1,7 +1,7 @@
 """bf16 decoder weights on the CPU (--precision bf16): tiny bf16 checkpoints made here from the
 committed fixtures (each tensor rounded to bf16 and streamed to safetensors, no torch), loaded
-memory-mapped, widened per GEMM, answering as the float32 path does on the same file and close
-to transformers' fp32 vectors of the original; the automatic choice; the refusals."""
+memory-mapped, multiplied in place (bf16_matmul), answering as the float32 path does on the
+same file (cosine) and close to transformers' fp32 vectors of the original; the automatic choice; the refusals."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def test_bf16_weights_stay_mapped_and_answer_as_fp32(pair):
     assert wide.model.precision == "fp32" and all(isinstance(w, np.ndarray) and w.dtype == np.float32
                                                    for w in wide.model.p.values())
     got, want = small.embed_texts(TEXTS), wide.embed_texts(TEXTS)
-    np.testing.assert_allclose(got, want, atol=2e-6)  # the same bf16 values, widened before or per GEMM
+    # the same bf16 weights; the bf16 GEMM also rounds its inputs to bf16 (measured >= 0.99995)
+    assert np.min(np.sum(got * want, axis=1)) >= 0.9999
     with np.load(FIXTURES / name / "expected.npz") as exp:  # transformers, fp32 weights of the original
         sequences = [exp["input_ids"][a:b] for a, b in zip(exp["cu_seqlens"][:-1], exp["cu_seqlens"][1:])]
         reference = exp[[k for k in exp.files if k not in ("input_ids", "cu_seqlens")][0]]
@@ -68,8 +69,9 @@ def test_numpy_ops_run_bf16_weights_too(pair):
     _, path = pair
     spec = read_spec(path)
     numpy_engine = Engine("n", spec, NumpyOps(2), "bf16")
-    np.testing.assert_allclose(numpy_engine.embed_texts(TEXTS), load_engine(str(path), precision="bf16").embed_texts(TEXTS),
-                               atol=5e-6)
+    got, want = numpy_engine.embed_texts(TEXTS), load_engine(str(path), precision="bf16").embed_texts(TEXTS)
+    # one rounding of an input to bf16 may flip on a last-bit difference upstream: not atol-equal
+    assert np.min(np.sum(got * want, axis=1)) >= 0.99999
 
 
 def test_fp32_checkpoint_in_bf16_is_rounded_as_the_bf16_file(tmp_path):
@@ -106,7 +108,7 @@ def test_cli_embed_with_precision(pair):
                           "hello world"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     vector = np.array(json.loads(out.stdout.splitlines()[0])["embedding"], np.float32)
-    np.testing.assert_allclose(vector, load_engine(str(path), precision="fp32").embed_texts(["hello world"])[0], atol=1e-5)
+    np.testing.assert_allclose(vector, load_engine(str(path), precision="bf16").embed_texts(["hello world"])[0], atol=1e-6)
     bad = subprocess.run([sys.executable, "-m", "tinyembed.cli", "embed", "--model", str(path), "--precision", "fp8", "x"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "invalid choice" in bad.stderr

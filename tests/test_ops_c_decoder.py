@@ -197,3 +197,22 @@ def test_widen_bf16_and_bf16_embedding(ops, twin):
         assert np.array_equal(want, bf16_to_float32(table[ids]) * (scale or np.float32(1.0)))
     with pytest.raises(IndexError):
         ops.embedding(np.array([20], np.int32), table)
+
+
+@pytest.mark.parametrize("rows,k,outs", [(1, 2, [1]), (33, 64, [9, 3]), (70, 130, [16, 8, 8]), (257, 1024, [40])])
+def test_bf16_matmul(ops, twin, rows, k, outs):
+    x = normal((rows, k), 19)
+    parts = [float32_to_bf16(normal((n, k), 20 + n, 0.05)) for n in outs]
+    got = ops.bf16_matmul(x, parts)
+    xr = bf16_to_float32(float32_to_bf16(x)).astype(np.float64)
+    want = xr @ np.concatenate([bf16_to_float32(p) for p in parts]).astype(np.float64).T
+    bound = 1e-6 * np.sqrt(k) * np.abs(xr).max() * 0.25 + 1e-7  # float32 sums of exact products
+    assert got.shape == want.shape and np.abs(got - want).max() < bound
+    assert np.abs(twin.bf16_matmul(x, parts) - want).max() < bound
+
+
+def test_bf16_matmul_without_avx512_bf16_widens_and_runs_blas(twin):
+    ops = COps(_library(), threads=2)
+    ops._bf16_gemm = False  # what a build without AVX512_BF16 settles on after its first call
+    x, parts = normal((45, 64), 21), [float32_to_bf16(normal((24, 64), 22, 0.05))]
+    np.testing.assert_allclose(ops.bf16_matmul(x, parts), twin.bf16_matmul(x, parts), atol=1e-5)

@@ -173,8 +173,8 @@ def load_plan(path: Path, plan: Plan, ops, precision: str | None = None) -> tupl
     """Check every tensor's shape from the headers, then read, fuse and hand each to the ops one
     at a time: the host holds the finished weights plus one tensor in flight, never two copies.
     -> (params, precision). bf16 (CPU only): the matrices stay bf16 bits, memory-mapped from a
-    bf16 checkpoint: the fused ones as a list of torch (out, in) parts, widened per GEMM by
-    DecoderModel.w; the embedding table as one (V, H) uint16 array; norms and biases float32."""
+    bf16 checkpoint: the fused ones as a list of torch (out, in) parts, multiplied in place by
+    DecoderModel.mm; the embedding table as one (V, H) uint16 array; norms and biases float32."""
     reader = CheckpointReader(path, prefixes=("model.",))
     missing, wrong = [], []
     for sources, _ in plan.values():
@@ -220,11 +220,16 @@ class DecoderModel:
     def plan(self) -> Plan:
         return llama_plan(self.arch)
 
-    def w(self, key: str):
-        """A weight matrix for a GEMM: (in, out) float32; bf16 parts are widened now, into a
-        work buffer the ops reuse (one fused matrix in float32 at a time)."""
+    def mm(self, x, key: str, bias=None):
+        """x @ the weight matrix `key` (+ bias): float32 (in, out), or bf16 (out, in) parts
+        (--precision bf16) multiplied as they lie in the file (ops.bf16_matmul)."""
         w = self.p[key]
-        return self.ops.widen_bf16(w) if isinstance(w, list) else w
+        if not isinstance(w, list):
+            return self.ops.matmul(x, w) if bias is None else self.ops.linear(x, w, bias)
+        y = self.ops.bf16_matmul(x, w)
+        if bias is not None:
+            y += bias
+        return y
 
     def embed(self, ids):
         return self.ops.embedding(ids, self.p["embed"])  # (T, H)
@@ -262,11 +267,11 @@ class DecoderModel:
         ops.rope(qkv, positions, self.cos, self.sin, a.num_heads, a.num_kv_heads)
         ctx = ops.decoder_attention(qkv, cu, a.num_heads, a.num_kv_heads, a.scale, a.causal,
                                     a.windows[n], a.softcap)  # (T, nH*d)
-        return ops.matmul(ctx, self.w(f"{n}.o_w"))  # (T, H)
+        return self.mm(ctx, f"{n}.o_w")  # (T, H)
 
     def mlp(self, n, h):
         """(T, H) -> (T, H): down(act(gate(h)) * up(h)), gate|up in one GEMM."""
         ops = self.ops
-        gate_up = ops.matmul(h, self.w(f"{n}.gate_up_w"))  # (T, 2I)
+        gate_up = self.mm(h, f"{n}.gate_up_w")  # (T, 2I)
         act = ops.gated_activation(gate_up, self.arch.activation)  # (T, I)
-        return ops.matmul(act, self.w(f"{n}.down_w"))  # (T, H)
+        return self.mm(act, f"{n}.down_w")  # (T, H)

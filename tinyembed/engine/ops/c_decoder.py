@@ -7,6 +7,7 @@ the same names and arguments, mixed into COps ahead of NumpyOps.
     decoder_attention                    decoder_attention.c (causal / window / softcap / GQA)
     last_token, l2_normalize             decoder_pool.c
     embedding (bf16 tables), widen_bf16  decoder_bf16.c
+    bf16_matmul                          decoder_bf16_gemm.c (AVX512_BF16; else widen + BLAS)
 
 The symbols are bound on first use from the library COps loaded (all kernels/cpu/*.c build into
 one), so the encoder path never depends on them. Row ranges go through COps._split: ctypes
@@ -32,9 +33,11 @@ DECODER_SIGNATURES = {  # C entry point -> (argtypes, restype)
     "l2_normalize": ((_P, _I, _L, _L), None),
     "widen_bf16": ((_P, _P, _L, _L), None),
     "embedding_bf16": ((_P, _P, _I, _F, _P, _L, _L), None),
+    "bf16_matmul": ((_P, _P, _P, _I, _I, _L, _L, _L), _I),
 }
 MIN_ATTENTION_FLOPS_PER_THREAD = 4e6
 MIN_WIDEN_PER_THREAD = 256 * 1024  # weights widened per thread, at least
+MIN_GEMM_FLOPS_PER_THREAD = 48e6  # as c_ops: below this a second thread costs more than it saves
 
 
 def _ptr(array: np.ndarray, dtype=np.float32) -> int:
@@ -176,3 +179,36 @@ class DecoderCOps:
             self._split(self._dfn("widen_bf16"), (_ptr(part, np.uint16), dst.ctypes.data), n, threads)
             start += part.shape[0]
         return work.T
+
+    def bf16_matmul(self, x, parts):
+        """(T, K) float32 x bf16 (out_i, K) parts -> (T, sum out_i): bf16(x) . w, float32 sums.
+        VDPBF16PS on the weights in place where the CPU has AVX512_BF16; else x is rounded the
+        same way and BLAS runs on the widened weights (DecoderNumpyOps.bf16_matmul)."""
+        rows, k = x.shape
+        n_total = sum(p.shape[0] for p in parts)
+        if getattr(self, "_bf16_gemm", None) is False:
+            return self._bf16_matmul_blas(x, parts)
+        out = self._buffer(rows, n_total)
+        fn, start, status = self._dfn("bf16_matmul"), 0, []
+        for part in parts:
+            flops = 2.0 * rows * k * part.shape[0]
+            threads = max(1, min(self.threads, rows // 32 or 1, int(flops // MIN_GEMM_FLOPS_PER_THREAD)))
+            bounds = [rows * i // threads // 32 * 32 for i in range(threads)] + [rows]
+
+            def run(*args):
+                status.append(fn(*args))
+
+            args = (_ptr(x), _ptr(part, np.uint16), out[:, start:].ctypes.data, k, part.shape[0], n_total)
+            self._split(run, args, rows, threads, bounds)
+            if any(status):
+                if status[0] == -1 and not self.naive:  # built without AVX512_BF16: BLAS from now on
+                    self._bf16_gemm = False
+                    return self._bf16_matmul_blas(x, parts)
+                raise MemoryError(f"bf16_matmul failed (status {status})")
+            start += part.shape[0]
+        return out
+
+    def _bf16_matmul_blas(self, x, parts):
+        from tinyembed.engine.checkpoints.bf16 import bf16_to_float32, float32_to_bf16
+
+        return self.matmul(bf16_to_float32(float32_to_bf16(x)), self.widen_bf16(parts))

@@ -11,6 +11,7 @@ arguments). NumpyOps inherits them; they use its thread pool and row blocking.
                      blocks with an online softmax, so no (L x L) buffer at 8k-32k tokens
     last_token, l2_normalize: last-token pooling
     widen_bf16       bf16 weight parts (memory-mapped, torch (out, in)) -> float32 (in, out)
+    bf16_matmul      bf16(x) . bf16 weight parts, float32 sums (the AVX512_BF16 GEMM's twin)
                      (embedding takes a bf16 table too: uint16 arrays are bf16 bits)
 
 The fused Q|K|V layout is (T, (nH + 2 nKV) * d): all query heads, then key heads, then values.
@@ -22,7 +23,7 @@ import math
 
 import numpy as np
 
-from tinyembed.engine.checkpoints.bf16 import bf16_to_float32
+from tinyembed.engine.checkpoints.bf16 import bf16_to_float32, float32_to_bf16
 
 ACTIVATIONS = ("silu", "gelu_tanh")
 _NEG = np.float32(-1e30)  # masked score: finite, so a fully masked key block cannot make NaN
@@ -120,6 +121,11 @@ class DecoderNumpyOps:
         """bf16 (out_i, in) parts (uint16 bits) -> the (in, sum out_i) float32 matrix of the
         fused GEMM, as a transposed view (BLAS reads it as is)."""
         return np.concatenate([bf16_to_float32(p) for p in parts]).T
+
+    def bf16_matmul(self, x, parts):
+        """(T, K) float32 x bf16 (out_i, K) parts -> (T, sum out_i): x rounded to bf16 (nearest
+        even), times the widened weights; every product is exact in float32."""
+        return bf16_to_float32(float32_to_bf16(x)) @ self.widen_bf16(parts)
 
     def l2_normalize(self, x):
         norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float32))

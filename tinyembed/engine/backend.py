@@ -19,6 +19,10 @@ from tinyembed.engine.checkpoints.weights import load_params
 from tinyembed.engine.families import decoder_family, read_spec
 from tinyembed.engine.families.bert import Batch, EncoderModel, truncate_dimensions
 from tinyembed.engine.text.tokenize import Tokenizer
+# issue 29: rerankers (cross-encoders) and quantized outputs
+from tinyembed.engine import quantize
+from tinyembed.engine.families.cross_encoder import CrossEncoderModel, is_cross_encoder, type_offset
+from tinyembed.engine.text.pairs import PairTokenizer
 
 log = logging.getLogger("tinyembed")
 
@@ -34,16 +38,21 @@ class ModelInfo:
     device: str
     prompts: dict[str, str] = field(default_factory=dict)
     kernels: str = ""  # which kernels run: "c" or "numpy" on the CPU, "cuda" on a GPU
+    task: str = "embeddings"  # "rerank" for a cross-encoder: its `dimensions` is its one output label
 
 
 class Engine:
     def __init__(self, name: str, spec: ModelSpec, ops, precision: str | None = None):
         self.spec = spec
-        self.tokenizer = Tokenizer(spec)
-        self.model = build_model(spec, ops, precision)
+        reranker = is_cross_encoder(spec)  # issue 29: pairs in, one logit out
+        if reranker and precision not in (None, "fp32"):
+            raise ModelLoadError(f"{spec.path}: --precision {precision} is for decoder models; rerankers run in float32")
+        self.tokenizer = PairTokenizer(spec, type_offset(spec)) if reranker else Tokenizer(spec)
+        self.model = CrossEncoderModel(spec, ops) if reranker else build_model(spec, ops, precision)
+        self._calibration: quantize.Calibration | None = None
         self.info = ModelInfo(
             name=name,
-            dimensions=spec.hidden_size,
+            dimensions=self.model.num_labels if reranker else spec.hidden_size,
             max_input_tokens=spec.max_seq_length,
             vocab_size=spec.vocab_size,
             family=spec.family,
@@ -51,6 +60,7 @@ class Engine:
             device=ops.name,
             prompts=dict(spec.prompts),
             kernels=getattr(ops, "kernels", ops.name),
+            task="rerank" if reranker else "embeddings",
         )
 
     def pack(self, sequences: list[np.ndarray]) -> Batch:
@@ -66,6 +76,20 @@ class Engine:
         """Matryoshka `dimensions`: the first N components of each vector, renormalized to unit
         length; None (or the native size) leaves the vectors as they are."""
         return truncate_dimensions(vectors, dimensions)
+
+    # -- quantized outputs (issue 29; engine/quantize.py) ---------------------------------------
+    @property
+    def calibration(self) -> quantize.Calibration:
+        """The int8/uint8 calibration, computed on first use (load_engine does it at load)."""
+        if self._calibration is None:
+            self._calibration = quantize.load_or_calibrate(self.spec.path, self.embed_texts)
+        return self._calibration
+
+    def quantize(self, vectors: np.ndarray, output_dtype: str, dimensions: int | None = None) -> np.ndarray:
+        """`output_dtype` of vectors already cut to `dimensions`: float32, int8/uint8 or packed bits."""
+        if output_dtype == "float":
+            return vectors
+        return self.calibration.quantize(vectors, output_dtype, dimensions)
 
     def embed_sequences(self, sequences: list[np.ndarray], max_batch_tokens: int = 16384,
                         dimensions: int | None = None) -> np.ndarray:
@@ -174,4 +198,7 @@ def load_engine(model: str = registry.DEFAULT_MODEL, name: str | None = None, de
     """precision: "fp32" | "bf16" for decoder weights on the CPU (None: automatic)."""
     path = registry.resolve(model)
     spec = read_spec(path)
-    return Engine(name or model, spec, make_ops(device, dtype, threads), precision)
+    engine = Engine(name or model, spec, make_ops(device, dtype, threads), precision)
+    if engine.info.task == "embeddings":
+        engine.calibration  # noqa: B018 -- int8 ranges before serving: no compute races a batch later
+    return engine

@@ -80,40 +80,48 @@ class Tokenizer:
         max_length * MAX_CHARS_PER_TOKEN characters. `start`: the index of texts[0] in the
         caller's request (for messages)."""
         prompt = split_prompt(self.prompt(input_type, prompt_name))
+        content = self.max_length - self.num_special
         encodings, cut = self._encode_capped(texts, prompt, self.max_length * textcap.FIRST_CHARS_PER_TOKEN)
-        retry = [i for i, enc in enumerate(encodings) if cut[i] and not enc.overflowing]
-        if retry:  # sparse texts: their first cut had room left; read up to the hard bound
+        retry = [i for i, enc in enumerate(encodings) if cut[i] is not None and cut[i] <= content]
+        if retry:  # sparse texts: their first cut did not settle them; read up to the hard bound
             more, more_cut = self._encode_capped([texts[i] for i in retry], prompt, self.char_limit)
-            for i, enc, was_cut in zip(retry, more, more_cut):
-                encodings[i], cut[i] = enc, was_cut
+            for i, enc, settled in zip(retry, more, more_cut):
+                encodings[i], cut[i] = enc, settled
         out = []
         for i, enc in enumerate(encodings):
-            if truncate and enc.overflowing and prompt[1]:
+            settled = cut[i]  # None: the whole text was encoded; else its settled content tokens
+            if settled is not None and settled <= content:  # not settled by max_length x 64 chars
+                raise InputError(
+                    f"Input {start + i} has {len(texts[i])} characters and its first {self.char_limit} do not settle "
+                    f"its first {self.max_length} tokens (this model reads at most {textcap.MAX_CHARS_PER_TOKEN} "
+                    f"characters per token: whitespace runs and long words count). Shorten it.",
+                    code="context_length_exceeded",
+                )
+            if truncate and enc.overflowing and prompt[1]:  # a template's suffix survives truncation
                 out.append(self._truncate_text(texts[i], prompt))
                 continue
             if not truncate and enc.overflowing:
-                total = len(enc.ids) + sum(len(o.ids) - self.num_special for o in enc.overflowing)
+                if settled is None:
+                    total = len(enc.ids) + sum(len(o.ids) - self.num_special for o in enc.overflowing)
+                else:
+                    total = settled + self.num_special
                 raise InputError(
-                    f"Input {start + i} has {'at least ' if cut[i] else ''}{total} tokens, more than this model's "
-                    f"maximum of {self.max_length}. Shorten it, or set \"truncate\": true.",
-                    code="context_length_exceeded",
-                )
-            if not truncate and cut[i]:
-                raise InputError(
-                    f"Input {start + i} has {len(texts[i])} characters; this model reads at most {self.char_limit} "
-                    f"characters per input ({self.max_length} tokens x {textcap.MAX_CHARS_PER_TOKEN}). Shorten "
-                    f"it, or set \"truncate\": true.",
+                    f"Input {start + i} has {'at least ' if settled is not None else ''}{total} tokens, more than this "
+                    f"model's maximum of {self.max_length}. Shorten it, or set \"truncate\": true.",
                     code="context_length_exceeded",
                 )
             out.append(np.asarray(enc.ids, dtype=np.int32))
         return out
 
     def _encode_capped(self, texts: list[str], prompt: tuple[str, str], limit: int):
-        """-> (encodings of the texts cut to `limit` characters, which of them were cut)."""
+        """-> (encodings of the texts cut to `limit` characters, for each text None when it was
+        not cut, else how many of its leading content tokens are settled: see textcap.py; a
+        template's suffix lies past the cut, beyond what settled counts)."""
         prefix, suffix = prompt
         cut_texts = [textcap.cut(text, limit) for text in texts]
         encodings = self._tok.encode_batch([prefix + t + suffix for t in cut_texts], add_special_tokens=True)
-        return encodings, [c is not t for c, t in zip(cut_texts, texts)]
+        return encodings, [None if c is t else textcap.settled(enc, len(prefix) + len(c))
+                           for c, t, enc in zip(cut_texts, texts, encodings)]
 
     def _truncate_text(self, text: str, prompt: tuple[str, str]) -> np.ndarray:
         """A template whose whole would overflow: cut the text's own tokens so that prefix + text

@@ -112,3 +112,21 @@ def test_cli_embed_with_precision(pair):
     bad = subprocess.run([sys.executable, "-m", "tinyembed.cli", "embed", "--model", str(path), "--precision", "fp8", "x"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "invalid choice" in bad.stderr
+
+
+def test_no_automatic_bf16_without_the_cpu_ops(pair, monkeypatch):
+    """Ops without bf16_matmul (a GPU's) never get bf16 by the automatic choice, and refuse it asked."""
+    _, path = pair
+    monkeypatch.setattr(bf16, "available_memory", lambda: 1)
+    spec = read_spec(path)
+
+    class NoBf16(NumpyOps):  # the CPU ops less their bf16 op, as CudaOps is
+        def __getattribute__(self, name):
+            if name == "bf16_matmul":
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    ops = NoBf16(2)
+    assert Engine("x", spec, ops).model.precision == "fp32"
+    with pytest.raises(ModelLoadError, match="on a GPU use --dtype"):
+        Engine("x", spec, ops, "bf16")

@@ -189,9 +189,11 @@ def load_plan(path: Path, plan: Plan, ops, precision: str | None = None) -> tupl
         raise ModelLoadError(f"{path}: checkpoint lacks tensor(s) {', '.join(missing[:3])}{more}")
     if wrong:
         raise ModelLoadError(f"{path}: tensor {wrong[0]}")
-    precision = choose_precision(precision, reader.bf16_share(), reader.float32_bytes(), path)
-    if precision == "bf16" and not hasattr(ops, "widen_bf16"):
+    on_cpu = hasattr(ops, "bf16_matmul")  # a GPU keeps its own --dtype: no automatic choice there
+    if precision == "bf16" and not on_cpu:
         raise ModelLoadError(f"{path}: --precision bf16 runs on the CPU; on a GPU use --dtype bfloat16")
+    precision = choose_precision(precision if on_cpu else precision or "fp32", reader.bf16_share(),
+                                 reader.float32_bytes(), path)
     params = {}
     for key, (sources, combine) in plan.items():
         if precision == "bf16" and combine is fuse_linear:

@@ -130,3 +130,19 @@ def test_no_automatic_bf16_without_the_cpu_ops(pair, monkeypatch):
     assert Engine("x", spec, ops).model.precision == "fp32"
     with pytest.raises(ModelLoadError, match="on a GPU use --dtype"):
         Engine("x", spec, ops, "bf16")
+
+
+def test_server_with_precision_bf16(pair, tmp_path_factory):
+    import openai
+
+    from conftest import start_server
+
+    name, path = pair
+    proc = start_server(tmp_path_factory, "bf16", ["--model", f"m={path}", "--precision", "bf16"])
+    try:
+        with openai.OpenAI(base_url=proc.url + "/v1", api_key="unused", max_retries=0) as client:
+            reply = client.embeddings.create(model="m", input=TEXTS[:3], encoding_format="float")
+        got = np.array([d.embedding for d in reply.data], np.float32)
+        np.testing.assert_allclose(got, load_engine(str(path), precision="bf16").embed_texts(TEXTS[:3]), atol=1e-5)
+    finally:
+        assert proc.stop() == 0, proc.log()

@@ -12,6 +12,8 @@ Parts, each a script you can also run alone (one question each):
   breakdown    bench/breakdown.py   per-op and per-layer time of one batch, roofline vs measured peaks
   layernorm_steps  bench/layernorm_steps.py  one op from naive to fast numpy (the teaching note's CPU half)
   serving      bench/serving.py     HTTP: cold start, peak RSS, concurrency sweep; infinity-emb with --peers
+  decoder      bench/decoder.py     a real-shape random Qwen3-Embedding-0.6B: tinyembed fp32 / bf16 vs
+                                    transformers fp32 (sdpa), 8 x 512 and mixed; a 4B-shaped bf16 load
   gpu          bench/gpu.py         the CUDA suite, only where CuPy sees a GPU
 
 Each part runs in its own subprocess and writes PART.json (versions, machine, load, git state,
@@ -30,10 +32,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench import breakdown, layernorm_steps, serving, throughput
+from bench import breakdown, decoder, layernorm_steps, serving, throughput
 from bench.common import MODEL, RESULTS, describe_environment, environment, loadavg, pyplot, wait_for_idle, write_json
 
-PARTS = ("throughput", "breakdown", "layernorm_steps", "serving", "gpu")
+PARTS = ("throughput", "breakdown", "layernorm_steps", "serving", "decoder", "gpu")
 
 
 def run_part(name: str, argv: list[str], log=sys.stderr, timeout: float = 5400) -> dict:
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             if offline:
                 extra += ["--offline-tokens-per-s", f"{offline:.1f}"]
             report = run_part("serving", [*model, *quick, *extra])
+        elif part == "decoder":  # its own model (a random real shape): --model does not apply
+            report = run_part("decoder", ["--fixed", "2", "--texts", "12", "--rounds", "1", "--no-big"] if args.quick else [])
         else:
             if not gpu_available():
                 report = {"skipped": "no GPU: CuPy sees no CUDA device on this machine"}
@@ -204,7 +208,9 @@ def render(suite: dict, reports: dict, plots: list[Path]) -> str:
                 "breakdown": ("Where the time goes: one batch, per op and per layer (bench/breakdown.py)", breakdown.markdown),
                 "layernorm_steps": ("One op, naive to fast: add + LayerNorm on the CPU (bench/layernorm_steps.py)",
                                     layernorm_steps.markdown),
-                "serving": ("Serving: cold start, memory, concurrency (bench/serving.py)", serving.markdown)}
+                "serving": ("Serving: cold start, memory, concurrency (bench/serving.py)", serving.markdown),
+                "decoder": ("Decoder embedder on the CPU: fp32 / bf16 vs transformers (bench/decoder.py)",
+                            lambda report: "```\n" + decoder.render(report) + "\n```")}
     for part, report in reports.items():
         title, render_part = sections.get(part, (f"{part}", None))
         lines += ["", f"## {title}", ""]

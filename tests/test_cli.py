@@ -99,8 +99,9 @@ def test_gpu_dtype_on_cpu_exits_1_with_the_reason():
 
 
 def test_precision_flag_reaches_the_config_and_the_embed_command(capsys):
-    assert config_of([]).precision == "fp32"
+    assert config_of([]).precision is None  # unset: fp32, or bf16 for a bf16 decoder too big as float32
     assert config_of(["--precision", "int8"]).precision == "int8"
+    assert config_of(["--precision", "bf16"]).precision == "bf16"
     assert config_of([], {"TINYEMBED_PRECISION": "int8"}).precision == "int8"
     assert cli.main(["embed", "--model", TINY_MODEL, "--precision", "int8", "hello"]) == 0
     assert len(json.loads(capsys.readouterr().out)["embedding"]) == 32

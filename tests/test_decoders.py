@@ -157,3 +157,13 @@ def test_cli_embed_with_a_prompt_name():
     bad = subprocess.run([sys.executable, "-m", "tinyembed.cli", "embed", "--model", path, "--prompt-name", "nope", "x"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "prompt_name" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_sequence_longer_than_the_model_maximum_is_a_clear_error():
+    engine = load_engine(str(FIXTURES / "tiny-qwen3"))
+    limit = engine.info.max_input_tokens
+    ok = engine.embed_sequences([np.full(limit, 5, np.int32)])  # exactly the maximum: the RoPE table's last row
+    assert ok.shape == (1, engine.info.dimensions) and np.isfinite(ok).all()
+    with pytest.raises(InputError, match=f"{limit + 1} tokens is longer than this model's maximum of {limit}") as err:
+        engine.embed_sequences([np.full(3, 5, np.int32), np.full(limit + 1, 5, np.int32)])
+    assert err.value.code == "context_length_exceeded"

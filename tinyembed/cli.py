@@ -24,6 +24,7 @@ from tinyembed.server.auth import keys_from_env, read_key_file
 from tinyembed.server.config import LOG_FORMATS, BatchSettings, HttpLimits, ModelSource, RateLimits, RequestLimits, ServerConfig
 
 ENV_PREFIX = "TINYEMBED_"
+PRECISIONS = ("fp32", "int8", "bf16")  # --precision: the CPU arithmetic (load_engine says which model takes which)
 TRUE = ("1", "true", "yes", "on")
 
 # flag -> (type, help). Defaults live in config.py; None here means "take the config default".
@@ -32,8 +33,10 @@ SERVE_OPTIONS = {
     "--port": (int, "TCP port, 0 for any free port"),
     "--device": (str, "cpu | cuda | cuda:N | auto, or several GPUs: cuda:0,cuda:1 | cuda:all"),
     "--dtype": (str, "float16 | bfloat16 | float32, GPU only; unset: float16 on a GPU"),
-    "--precision": (str, "fp32 | int8: the CPU linear layers (int8: dynamic int8 activations x int8 weights, "
-                         "AVX-512 VNNI / AVX-VNNI when present); fp32 unless set"),
+    "--precision": (str, "fp32 | int8 | bf16, CPU only: int8 for encoders (dynamic int8 activations x int8 "
+                         "weights, AVX-512 VNNI / AVX-VNNI when present), bf16 for decoders (weights kept "
+                         "memory-mapped, AVX512_BF16 GEMMs); a model runs fp32 where its kind has no such path. "
+                         "Unset: fp32, or bf16 for a bf16 decoder checkpoint that would not fit as float32"),
     "--threads": (int, "CPU compute threads; unset: the engine's choice"),
     "--tokenizer-threads": (int, "threads that tokenize requests"),
     "--max-batch-tokens": (int, "tokens per forward pass"),
@@ -128,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--model", default=registry.DEFAULT_MODEL)
         sub.add_argument("--device", default="cpu")
         sub.add_argument("--dtype", default=None)
-        sub.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="CPU linear layers")
+        sub.add_argument("--precision", choices=PRECISIONS, default=None,
+                         help="CPU arithmetic: fp32 | int8 (encoders) | bf16 (decoders)")
         sub.add_argument("--input-type", choices=("query", "document"), default=None)
         sub.add_argument("--prompt-name", default=None, help="a named prompt of the model (see `models` / /v1/models)")
         sub.add_argument("--truncate", action="store_true", help="truncate over-long texts instead of failing")
@@ -205,12 +209,12 @@ def server_config(args: argparse.Namespace, environ=os.environ) -> tuple[ServerC
         keys += read_key_file(v["api_key_file"])
     if v["log_format"] is not None and v["log_format"] not in LOG_FORMATS:
         raise ValueError(f"--log-format must be one of {LOG_FORMATS}")
+    if v["precision"] is not None and v["precision"] not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}")
     if v["loop"] is not None and v["loop"] not in ("auto", "uvloop", "asyncio"):
         raise ValueError("--loop must be auto, uvloop or asyncio")
     if v["batching"] is not None and v["batching"] not in ("continuous", "per-request"):
         raise ValueError("--batching must be continuous or per-request")
-    if v["precision"] is not None and v["precision"] not in ("fp32", "int8"):
-        raise ValueError("--precision must be fp32 or int8")
     config = ServerConfig(**{k: val for k, val in dict(
         host=v["host"], port=v["port"], device=v["device"], dtype=v["dtype"], threads=v["threads"],
         precision=v["precision"],

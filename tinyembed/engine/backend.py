@@ -8,6 +8,7 @@ running on one device's ops (numpy or CUDA).
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,8 @@ from tinyembed.engine.text.tokenize import Tokenizer
 from tinyembed.engine import quantize
 from tinyembed.engine.families.cross_encoder import CrossEncoderModel, is_cross_encoder, type_offset
 from tinyembed.engine.text.pairs import PairTokenizer
+
+PRECISIONS = (None, "fp32", "int8", "bf16")  # load_engine's; see its docstring
 
 log = logging.getLogger("tinyembed")
 
@@ -43,12 +46,13 @@ class ModelInfo:
 
 
 class Engine:
-    def __init__(self, name: str, spec: ModelSpec, ops):
+    def __init__(self, name: str, spec: ModelSpec, ops, precision: str | None = None):
         self.spec = spec
         reranker = is_cross_encoder(spec)  # issue 29: pairs in, one logit out
         self.tokenizer = PairTokenizer(spec, type_offset(spec)) if reranker else Tokenizer(spec)
-        self.model = CrossEncoderModel(spec, ops) if reranker else build_model(spec, ops)
+        self.model = CrossEncoderModel(spec, ops) if reranker else build_model(spec, ops, precision)
         self._calibration: quantize.Calibration | None = None
+        self._calibrating = threading.Lock()
         self.info = ModelInfo(
             name=name,
             dimensions=self.model.num_labels if reranker else spec.hidden_size,
@@ -59,7 +63,7 @@ class Engine:
             device=ops.name,
             prompts=dict(spec.prompts),
             kernels=getattr(ops, "kernels", ops.name),
-            precision=precision_of(spec, ops),
+            precision=precision_of(self.model, ops),
             task="rerank" if reranker else "embeddings",
         )
 
@@ -80,9 +84,17 @@ class Engine:
     # -- quantized outputs (issue 29; engine/quantize.py) ---------------------------------------
     @property
     def calibration(self) -> quantize.Calibration:
-        """The int8/uint8 calibration, computed on first use (load_engine does it at load)."""
+        """The int8/uint8 calibration, computed on first use (load_engine does it at load for encoders)."""
+        with self._calibrating:  # once, whoever asks first (a decoder's first int8 request)
+            if self._calibration is None:
+                self._calibration = quantize.load_or_calibrate(self.spec.path, self.embed_texts)
+        return self._calibration
+
+    @property
+    def cached_calibration(self) -> quantize.Calibration | None:
+        """The calibration if it is computed or on disk; never computes it."""
         if self._calibration is None:
-            self._calibration = quantize.load_or_calibrate(self.spec.path, self.embed_texts)
+            self._calibration = quantize.load_or_calibrate(self.spec.path, None)
         return self._calibration
 
     def quantize(self, vectors: np.ndarray, output_dtype: str, dimensions: int | None = None) -> np.ndarray:
@@ -129,29 +141,35 @@ class Engine:
         return self.embed_sequences(sequences, dimensions=dimensions)
 
 
-def precision_of(spec: ModelSpec, ops) -> str:
-    """What the model really runs in: int8 packs encoder weights only (decoders stay fp32)."""
-    precision = getattr(ops, "precision", "fp32")
-    if precision != "fp32" and spec.is_decoder:
-        log.warning("--precision %s: %s is a decoder, which runs in fp32", precision, spec.path)
-        return "fp32"
-    return precision
+def precision_of(model, ops) -> str:
+    """What the model really runs in: a decoder says (fp32 or bf16 weights), else the ops' (fp32 or int8)."""
+    return getattr(model, "precision", None) or getattr(ops, "precision", "fp32")
 
 
-def build_model(spec: ModelSpec, ops):
-    """The forward pass for the spec's family on these ops."""
+def takes_int8(spec: ModelSpec) -> bool:
+    """--precision int8 packs encoder weights (ops/c_int8.py): embedding encoders only."""
+    return not spec.is_decoder and not is_cross_encoder(spec)
+
+
+def build_model(spec: ModelSpec, ops, precision: str | None = None):
+    """The forward pass for the spec's family on these ops. precision: what was asked for; a
+    decoder takes fp32 | bf16 (None: bf16 only when a bf16 checkpoint would not fit in float32),
+    an encoder's arithmetic is its ops' (fp32 | int8)."""
     if not spec.is_decoder:
+        if precision == "bf16":
+            log.warning("--precision bf16: %s is an encoder, which has no bf16 path; it runs in %s", spec.path,
+                        getattr(ops, "precision", "fp32"))
         return EncoderModel(spec, load_params(spec), ops)
     if not hasattr(ops, "decoder_attention"):
         raise ModelLoadError(f"{spec.path}: the {spec.family} decoder has no {ops.name} ops; use --device cpu")
-    return decoder_family(spec.family).Model(spec, ops)  # family names are model_types too
+    return decoder_family(spec.family).Model(spec, ops, None if precision == "int8" else precision)  # family names are model_types too
 
 
 def make_ops(device: str = "cpu", dtype: str | None = None, threads: int | None = None,
              precision: str = "fp32"):
     """Ops for a device: "cpu", "cuda", "cuda:N", or "auto" (CUDA when CuPy sees a GPU).
     precision "int8" (dynamic int8 activations x int8 weights) is a CPU option."""
-    if precision not in ("fp32", "int8"):
+    if precision not in ("fp32", "int8"):  # the ops' arithmetic; load_engine maps --precision to it
         raise TinyEmbedError(f"unknown precision {precision!r}: use fp32 or int8")
     if precision != "fp32" and device != "cpu":
         raise TinyEmbedError(f"--precision {precision} runs on the CPU only (--device cpu); GPUs use --dtype")
@@ -206,10 +224,22 @@ def expand_devices(device: str) -> list[str]:
 
 
 def load_engine(model: str = registry.DEFAULT_MODEL, name: str | None = None, device: str = "cpu",
-                dtype: str | None = None, threads: int | None = None, precision: str = "fp32") -> Engine:
+                dtype: str | None = None, threads: int | None = None, precision: str | None = None) -> Engine:
+    """precision (CPU): "fp32"; "int8" for embedding encoders (packed int8 weights, dynamic int8
+    activations); "bf16" for decoders (memory-mapped bf16 weights). A model whose kind has no such
+    path runs fp32, said once in the log. None: fp32, or bf16 for a bf16 decoder checkpoint that
+    would not fit in memory as float32."""
+    if precision not in PRECISIONS:
+        raise TinyEmbedError(f"unknown precision {precision!r}: use fp32, int8 or bf16")
     path = registry.resolve(model)
     spec = read_spec(path)
-    engine = Engine(name or model, spec, make_ops(device, dtype, threads, precision))
-    if engine.info.task == "embeddings":
+    ops_precision = "int8" if precision == "int8" and takes_int8(spec) else "fp32"
+    if precision == "int8" and ops_precision != "int8":
+        log.warning("--precision int8: %s is a %s, which has no int8 path; it runs in fp32", path,
+                    "decoder" if spec.is_decoder else "reranker")
+    engine = Engine(name or model, spec, make_ops(device, dtype, threads, ops_precision), precision)
+    if engine.info.task == "embeddings" and not spec.is_decoder:
         engine.calibration  # noqa: B018 -- int8 ranges before serving: no compute races a batch later
+    # A decoder is calibrated when an int8/uint8 output first needs it (minutes for a large one
+    # on a CPU): until then /v1/models lists its ranges only if a cached calibration exists.
     return engine

@@ -87,9 +87,9 @@ class Calibration:
         return quantize(vectors, dtype, self.ranges(dimensions) if dtype.endswith("int8") else None)
 
 
-def load_or_calibrate(model_dir: Path, embed_texts) -> Calibration:
+def load_or_calibrate(model_dir: Path, embed_texts) -> Calibration | None:
     """The model's calibration: read beside the model or from the cache, else computed with
-    `embed_texts(texts) -> (N, H) unit vectors` and written to the cache."""
+    `embed_texts(texts) -> (N, H) unit vectors` and written to the cache (None: only look)."""
     texts = corpus()
     beside = Path(model_dir) / CALIBRATION_FILE
     cached = _cache_dir() / f"{_key(model_dir, texts)}.npz"
@@ -97,6 +97,8 @@ def load_or_calibrate(model_dir: Path, embed_texts) -> Calibration:
         vectors = _read(file, texts)
         if vectors is not None:
             return Calibration(vectors, str(file), _corpus_id(texts))
+    if embed_texts is None:  # only look: Engine.cached_calibration
+        return None
     vectors = np.asarray(embed_texts(texts), dtype=np.float32)
     return Calibration(vectors, _write(cached, vectors, texts), _corpus_id(texts))
 

@@ -75,7 +75,7 @@ def compute_executor(engine) -> ThreadPoolExecutor:
 
 
 def load_on_devices(model: str, name: str | None, device: str, dtype: str | None = None,
-                    threads: int | None = None, precision: str = "fp32"):
+                    threads: int | None = None, precision: str | None = None):
     """An Engine for one device; a DevicePool of one Engine per device for a list or cuda:all."""
     devices = expand_devices(device)
     if len(devices) == 1:

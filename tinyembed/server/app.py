@@ -300,6 +300,9 @@ class App:
         sequences = await self._tokenize(ctx, engine, texts, id_arrays, truncate, req.input_type, req.prompt_name)
         vectors, tokens, tier = await self.run_sequences(request, ctx, engine, sequences, tier)
         vectors = engine.with_dimensions(vectors, req.dimensions)
+        if (req.output_dtype or "").endswith("int8") and engine.cached_calibration is None:
+            # a decoder's first int8/uint8 output: calibrate off the loop (once; minutes on a big one)
+            await asyncio.get_running_loop().run_in_executor(self.pool, lambda: engine.calibration)
         vectors = engine.quantize(vectors, req.output_dtype or "float", req.dimensions)  # issue 29
         args = (vectors, req.encoding_format == "base64", req.model, tokens, tier)
         if vectors.size > ENCODE_OFF_LOOP:
@@ -429,9 +432,12 @@ def _task_fields(engine: Engine) -> dict:
     """issue 29: a reranker says so; an embedding model reports its int8 calibration."""
     if engine.info.task == "rerank":
         return {"supported_features": ["rerank"]}
-    calibration = engine.calibration
+    calibration = engine.cached_calibration  # a decoder not yet calibrated: no ranges to list yet
+    dtypes = ["float", "int8", "uint8", "binary", "ubinary"]
+    if calibration is None:
+        return {"quantization": Quantization(output_dtypes=dtypes, calibration_texts=0)}
     return {"quantization": Quantization(
-        output_dtypes=["float", "int8", "uint8", "binary", "ubinary"], calibration_corpus=calibration.corpus_id,
+        output_dtypes=dtypes, calibration_corpus=calibration.corpus_id,
         calibration_texts=len(calibration.vectors), int8_ranges=calibration.ranges().tolist())}
 
 

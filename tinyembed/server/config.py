@@ -81,7 +81,7 @@ class ServerConfig:
     auto_truncate: bool = False
     device: str = "cpu"
     dtype: str | None = None
-    precision: str = "fp32"  # CPU linear layers: fp32 | int8 (dynamic int8 activations x int8 weights)
+    precision: str | None = None  # fp32 | int8 (encoders) | bf16 (decoders) on the CPU; None: see load_engine
     threads: int | None = None  # compute threads of the CPU ops (None: the engine decides)
     tokenizer_threads: int = 2
     max_batch_tokens: int = 16384  # hard cap on a forward pass

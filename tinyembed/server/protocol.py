@@ -72,9 +72,9 @@ class Quantization(Struct, kw_only=True):
     """issue 29: what `output_dtype` int8/uint8 use (engine/quantize.py)."""
 
     output_dtypes: list[str]
-    calibration_corpus: str  # the shipped corpus and its hash
-    calibration_texts: int
-    int8_ranges: list[list[float]]  # [[min per dimension], [max per dimension]] at the native width
+    calibration_texts: int  # 0: not calibrated yet (a decoder is calibrated by its first int8/uint8 output)
+    calibration_corpus: str | None = None  # the shipped corpus and its hash
+    int8_ranges: list[list[float]] | None = None  # [[min per dimension], [max per dimension]] at the native width
 
 
 class ModelCard(Struct, kw_only=True):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyembed.common.errors import ModelLoadError
+from tinyembed.engine.checkpoints.bf16 import float32_to_bf16, mapped_file
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
 
@@ -46,6 +47,30 @@ class CheckpointReader:
 
     def dtypes(self) -> set[str]:
         return {t.dtype for t in self.tensors.values()}
+
+    def float32_bytes(self) -> int:
+        return sum(4 * int(np.prod(t.shape, dtype=np.int64)) for t in self.tensors.values())
+
+    def bf16_share(self) -> float:
+        """The fraction of the checkpoint's numbers stored as bf16."""
+        counts = [(int(np.prod(t.shape, dtype=np.int64)), t.dtype == "BF16") for t in self.tensors.values()]
+        total = sum(n for n, _ in counts)
+        return sum(n for n, is_bf16 in counts if is_bf16) / total if total else 0.0
+
+    def read_bf16(self, name: str) -> np.ndarray:
+        """One tensor as uint16 bfloat16 bits: a read-only view of the memory-mapped file when
+        the checkpoint stores it in bf16 (nothing is read until used), else read and rounded."""
+        info = self.tensors[name]
+        if info.dtype != "BF16":
+            return float32_to_bf16(self.read(name))
+        maps = self.__dict__.setdefault("_maps", {})
+        if info.file not in maps:
+            maps[info.file] = mapped_file(info.file)
+        count = int(np.prod(info.shape, dtype=np.int64))
+        view = maps[info.file][info.offset:info.offset + 2 * count]
+        if info.offset % 2:  # safetensors aligns tensors; an odd offset cannot be viewed as uint16
+            return np.frombuffer(view.tobytes(), dtype=np.uint16).reshape(info.shape)
+        return view.view(np.uint16).reshape(info.shape)
 
     def read(self, name: str) -> np.ndarray:
         """One tensor as a float32 array that owns its memory."""

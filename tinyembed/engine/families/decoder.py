@@ -17,9 +17,10 @@ from typing import Callable
 
 import numpy as np
 
-from tinyembed.common.errors import ModelLoadError
-from tinyembed.engine.ops.numpy_decoder import rope_table
+from tinyembed.common.errors import InputError, ModelLoadError
+from tinyembed.engine.checkpoints.bf16 import choose_precision
 from tinyembed.engine.checkpoints.tensor_reader import CheckpointReader
+from tinyembed.engine.ops.numpy_decoder import rope_table
 
 # config.json activation name -> the gated activation the ops implement
 ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
@@ -168,9 +169,12 @@ def llama_plan(arch: DecoderArch, qkv_bias: bool = False) -> Plan:
     return plan
 
 
-def load_plan(path: Path, plan: Plan, ops) -> dict:
+def load_plan(path: Path, plan: Plan, ops, precision: str | None = None) -> tuple[dict, str]:
     """Check every tensor's shape from the headers, then read, fuse and hand each to the ops one
-    at a time: the host holds the finished weights plus one tensor in flight, never two copies."""
+    at a time: the host holds the finished weights plus one tensor in flight, never two copies.
+    -> (params, precision). bf16 (CPU only): the matrices stay bf16 bits, memory-mapped from a
+    bf16 checkpoint: the fused ones as a list of torch (out, in) parts, multiplied in place by
+    DecoderModel.mm; the embedding table as one (V, H) uint16 array; norms and biases float32."""
     reader = CheckpointReader(path, prefixes=("model.",))
     missing, wrong = [], []
     for sources, _ in plan.values():
@@ -185,10 +189,20 @@ def load_plan(path: Path, plan: Plan, ops) -> dict:
         raise ModelLoadError(f"{path}: checkpoint lacks tensor(s) {', '.join(missing[:3])}{more}")
     if wrong:
         raise ModelLoadError(f"{path}: tensor {wrong[0]}")
+    on_cpu = hasattr(ops, "bf16_matmul")  # a GPU keeps its own --dtype: no automatic choice there
+    if precision == "bf16" and not on_cpu:
+        raise ModelLoadError(f"{path}: --precision bf16 runs on the CPU; on a GPU use --dtype bfloat16")
+    precision = choose_precision(precision if on_cpu else precision or "fp32", reader.bf16_share(),
+                                 reader.float32_bytes(), path)
     params = {}
     for key, (sources, combine) in plan.items():
-        params[key] = ops.param(combine([reader.read(name) for name, _ in sources]))
-    return params
+        if precision == "bf16" and combine is fuse_linear:
+            params[key] = [reader.read_bf16(name) for name, _ in sources]
+        elif precision == "bf16" and key == "embed":
+            params[key] = reader.read_bf16(sources[0][0])
+        else:
+            params[key] = ops.param(combine([reader.read(name) for name, _ in sources]))
+    return params, precision
 
 
 # -- the model skeleton -------------------------------------------------------------------------
@@ -197,16 +211,27 @@ def load_plan(path: Path, plan: Plan, ops) -> dict:
 class DecoderModel:
     """Subclasses define `plan()` (extra tensors) and `layer()`; may override `embed()`."""
 
-    def __init__(self, spec, ops):
+    def __init__(self, spec, ops, precision: str | None = None):
         self.spec, self.arch, self.ops = spec, spec.arch, ops
         if hasattr(ops, "prepare_decoder_kernels"):
             ops.prepare_decoder_kernels()  # GPU: compile before reading gigabytes of weights
-        self.p = load_plan(spec.path, self.plan(), ops)
+        self.p, self.precision = load_plan(spec.path, self.plan(), ops, precision)
         cos, sin = rope_table(self.arch.rope_theta, self.arch.head_dim, spec.max_seq_length)
         self.cos, self.sin = ops.param(cos.ravel()), ops.param(sin.ravel())  # (P * d/2,) float32 each
 
     def plan(self) -> Plan:
         return llama_plan(self.arch)
+
+    def mm(self, x, key: str, bias=None):
+        """x @ the weight matrix `key` (+ bias): float32 (in, out), or bf16 (out, in) parts
+        (--precision bf16) multiplied as they lie in the file (ops.bf16_matmul)."""
+        w = self.p[key]
+        if not isinstance(w, list):
+            return self.ops.matmul(x, w) if bias is None else self.ops.linear(x, w, bias)
+        y = self.ops.bf16_matmul(x, w)
+        if bias is not None:
+            y += bias
+        return y
 
     def embed(self, ids):
         return self.ops.embedding(ids, self.p["embed"])  # (T, H)
@@ -217,6 +242,10 @@ class DecoderModel:
 
     def forward_on_device(self, batch):
         ops, eps = self.ops, self.arch.rms_norm_eps
+        if batch.max_len > self.spec.max_seq_length:
+            raise InputError(f"a sequence of {batch.max_len} tokens is longer than this model's maximum of "
+                             f"{self.spec.max_seq_length} (max_position_embeddings / sentence_bert_config "
+                             "max_seq_length): shorten it or truncate it", code="context_length_exceeded")
         ids, positions, cu = ops.upload_batch(batch)
         x = self.embed(ids)  # (T, H): the residual stream
         delta = None  # each layer's last residual add is fused into the next layer's input norm
@@ -240,10 +269,11 @@ class DecoderModel:
         ops.rope(qkv, positions, self.cos, self.sin, a.num_heads, a.num_kv_heads)
         ctx = ops.decoder_attention(qkv, cu, a.num_heads, a.num_kv_heads, a.scale, a.causal,
                                     a.windows[n], a.softcap)  # (T, nH*d)
-        return ops.matmul(ctx, self.p[f"{n}.o_w"])  # (T, H)
+        return self.mm(ctx, f"{n}.o_w")  # (T, H)
 
     def mlp(self, n, h):
         """(T, H) -> (T, H): down(act(gate(h)) * up(h)), gate|up in one GEMM."""
         ops = self.ops
-        gate_up = ops.matmul(h, self.p[f"{n}.gate_up_w"])  # (T, 2I)
-        return ops.matmul(ops.gated_activation(gate_up, self.arch.activation), self.p[f"{n}.down_w"])  # (T, H)
+        gate_up = self.mm(h, f"{n}.gate_up_w")  # (T, 2I)
+        act = ops.gated_activation(gate_up, self.arch.activation)  # (T, I)
+        return self.mm(act, f"{n}.down_w")  # (T, H)

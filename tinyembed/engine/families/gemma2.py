@@ -64,7 +64,7 @@ class Model(DecoderModel):
     def layer(self, n, x, delta, positions, cu):
         ops, p, eps = self.ops, self.p, self.arch.rms_norm_eps
         h, x = self.input_norm(n, x, delta)  # (T, H)
-        qkv = ops.matmul(h, p[f"{n}.qkv_w"])  # (T, (nH + 2 nKV) d)
+        qkv = self.mm(h, f"{n}.qkv_w")  # (T, (nH + 2 nKV) d)
         attn = ops.rmsnorm(self.attend(n, qkv, positions, cu), p[f"{n}.post_norm"], eps)  # (T, H)
         h, x = ops.add_rmsnorm(attn, x, p[f"{n}.pre_ff_norm"], eps)  # x += attn; h = norm(x)
         return x, ops.rmsnorm(self.mlp(n, h), p[f"{n}.post_ff_norm"], eps)  # added by the next input norm

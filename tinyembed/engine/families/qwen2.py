@@ -46,7 +46,7 @@ class Model(DecoderModel):
     def layer(self, n, x, delta, positions, cu):
         ops, p, eps = self.ops, self.p, self.arch.rms_norm_eps
         h, x = self.input_norm(n, x, delta)  # (T, H)
-        qkv = ops.linear(h, p[f"{n}.qkv_w"], p[f"{n}.qkv_b"])  # (T, (nH + 2 nKV) d)
+        qkv = self.mm(h, f"{n}.qkv_w", p[f"{n}.qkv_b"])  # (T, (nH + 2 nKV) d)
         attn = self.attend(n, qkv, positions, cu)  # (T, H)
         h, x = ops.add_rmsnorm(attn, x, p[f"{n}.post_norm"], eps)  # x += attn; h = norm(x)
         return x, self.mlp(n, h)  # the MLP output is added by the next input norm

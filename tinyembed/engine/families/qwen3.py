@@ -35,7 +35,7 @@ class Model(DecoderModel):
     def layer(self, n, x, delta, positions, cu):
         ops, p, a = self.ops, self.p, self.arch
         h, x = self.input_norm(n, x, delta)  # (T, H)
-        qkv = ops.matmul(h, p[f"{n}.qkv_w"])  # (T, (nH + 2 nKV) d)
+        qkv = self.mm(h, f"{n}.qkv_w")  # (T, (nH + 2 nKV) d)
         ops.head_rmsnorm(qkv, p[f"{n}.q_norm"], p[f"{n}.k_norm"], a.num_heads, a.num_kv_heads, a.rms_norm_eps)
         attn = self.attend(n, qkv, positions, cu)  # (T, H)
         h, x = ops.add_rmsnorm(attn, x, p[f"{n}.post_norm"], a.rms_norm_eps)  # x += attn; h = norm(x)

@@ -4,7 +4,8 @@
                    (numpy_decoder.py: the decoder ops, mixed into it)
     c_ops.py       COps: NumpyOps with kernels/cpu/*.c through ctypes, GEMMs on weights packed
                    at load, fp32 or int8 (c_int8.py: the layouts and numpy twins; c_fused.py:
-                   all encoder layers in one C call per thread for small batches)
+                   all encoder layers in one C call per thread for small batches; c_decoder.py:
+                   the decoder ops, kernels/cpu/decoder_*.c, mixed into it)
     cuda_ops.py    CudaOps: kernels/cuda/*.cu through CuPy, GEMMs in cuBLAS
                    (cuda_runtime.py: device, compile, launch, uploads; cuda_decoder.py: the
                    decoder ops; cuda_graphs.py: captured forwards for small batches)
@@ -17,5 +18,6 @@ The contract (the same name in the numpy twin, the C kernel, the CUDA kernel, it
     pool_normalize(hidden, cu_seqlens, mode)
     decoders: embedding, rmsnorm, add_rmsnorm, head_rmsnorm, rope, gated_activation,
               decoder_attention, last_token, l2_normalize
+    CPU only (--precision bf16): widen_bf16, bf16_matmul
 Ops import nothing from families/ or text/, and checkpoints/ nothing from ops/ (tests/test_layout.py).
 """

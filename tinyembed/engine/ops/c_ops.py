@@ -28,6 +28,7 @@ import numpy as np
 
 from tinyembed.engine.build import cpu_compile
 from tinyembed.engine.build.cpu_threads import available_cores
+from tinyembed.engine.ops.c_decoder import DecoderCOps
 from tinyembed.engine.ops.c_fused import FusedLayers
 from tinyembed.engine.ops.c_int8 import PackedLinear, pack_f32, pack_int8
 from tinyembed.engine.ops.numpy_ops import NumpyOps
@@ -75,7 +76,7 @@ def _ptr(array: np.ndarray, dtype=np.float32) -> int:
     return array.ctypes.data
 
 
-class COps(NumpyOps):
+class COps(DecoderCOps, NumpyOps):  # decoder ops: c_decoder.py
     kernels = "c"
 
     def __init__(self, lib: ctypes.CDLL, threads: int | None = None, naive: bool = False,

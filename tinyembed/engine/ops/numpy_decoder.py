@@ -10,6 +10,9 @@ arguments). NumpyOps inherits them; they use its thread pool and row blocking.
     decoder_attention causal or bidirectional, sliding window, scale, soft-cap, GQA; keys in
                      blocks with an online softmax, so no (L x L) buffer at 8k-32k tokens
     last_token, l2_normalize: last-token pooling
+    widen_bf16       bf16 weight parts (memory-mapped, torch (out, in)) -> float32 (in, out)
+    bf16_matmul      bf16(x) . bf16 weight parts, float32 sums (the AVX512_BF16 GEMM's twin)
+                     (embedding takes a bf16 table too: uint16 arrays are bf16 bits)
 
 The fused Q|K|V layout is (T, (nH + 2 nKV) * d): all query heads, then key heads, then values.
 """
@@ -19,6 +22,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from tinyembed.engine.checkpoints.bf16 import bf16_to_float32, float32_to_bf16
 
 ACTIVATIONS = ("silu", "gelu_tanh")
 _NEG = np.float32(-1e30)  # masked score: finite, so a fully masked key block cannot make NaN
@@ -44,8 +49,11 @@ class DecoderNumpyOps:
     """Mixin for NumpyOps: needs self._rows, self._pool, self._gemm_threads, self.threads."""
 
     def embedding(self, input_ids, table, scale=None):
-        """(T,) ids -> (T, H) rows of the (V, H) table, times `scale` when given."""
+        """(T,) ids -> (T, H) rows of the (V, H) table, times `scale` when given. A uint16
+        table holds bfloat16 bits (--precision bf16): the gathered rows are widened."""
         x = table[input_ids]  # (T, H) gather: a copy
+        if x.dtype == np.uint16:
+            x = bf16_to_float32(x)
         if scale is not None:
             x *= np.float32(scale)
         return x
@@ -108,6 +116,16 @@ class DecoderNumpyOps:
     def last_token(self, hidden, cu_seqlens):
         """(T, H) -> (n, H): the last token of each sequence."""
         return hidden[cu_seqlens[1:] - 1]
+
+    def widen_bf16(self, parts):
+        """bf16 (out_i, in) parts (uint16 bits) -> the (in, sum out_i) float32 matrix of the
+        fused GEMM, as a transposed view (BLAS reads it as is)."""
+        return np.concatenate([bf16_to_float32(p) for p in parts]).T
+
+    def bf16_matmul(self, x, parts):
+        """(T, K) float32 x bf16 (out_i, K) parts -> (T, sum out_i): x rounded to bf16 (nearest
+        even), times the widened weights; every product is exact in float32."""
+        return bf16_to_float32(float32_to_bf16(x)) @ self.widen_bf16(parts)
 
     def l2_normalize(self, x):
         norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float32))

@@ -3,6 +3,11 @@
 Wraps a HF `tokenizers` tokenizer.json. The tokenizer's own padding and truncation are replaced
 by ours: no padding ever (the engine is padding-free) and truncation at the model's
 max_seq_length only when the caller asks; otherwise an over-long input is an error that names it.
+
+Prompts: a prompt is a prefix (sentence-transformers), or a template when it holds the text's
+place with `{text}` or `{}` (the first one; nothing else in it is special). bge-en-icl's query
+`<instruct>{task}\n<query>{}\n<response>` needs the suffix (docs/decoders.md). A template's
+suffix survives truncation: the text alone is cut, as FlagEmbedding cuts its queries.
 """
 
 from __future__ import annotations
@@ -18,6 +23,16 @@ from tinyembed.engine.text import textcap
 from tinyembed.engine.checkpoints.spec import ModelSpec
 
 INPUT_TYPES = ("query", "document")
+PLACEHOLDERS = ("{text}", "{}")
+
+
+def split_prompt(prompt: str) -> tuple[str, str]:
+    """-> (prefix, suffix): the text goes between. A prompt without a placeholder is a prefix."""
+    for mark in PLACEHOLDERS:
+        if mark in prompt:
+            prefix, _, suffix = prompt.partition(mark)
+            return prefix, suffix
+    return prompt, ""
 
 
 class Tokenizer:
@@ -64,7 +79,7 @@ class Tokenizer:
         Texts are cut by characters first (engine/text/textcap.py): no input is read past
         max_length * MAX_CHARS_PER_TOKEN characters. `start`: the index of texts[0] in the
         caller's request (for messages)."""
-        prompt = self.prompt(input_type, prompt_name)
+        prompt = split_prompt(self.prompt(input_type, prompt_name))
         content = self.max_length - self.num_special
         encodings, cut = self._encode_capped(texts, prompt, self.max_length * textcap.FIRST_CHARS_PER_TOKEN)
         retry = [i for i, enc in enumerate(encodings) if cut[i] is not None and cut[i] <= content]
@@ -82,6 +97,9 @@ class Tokenizer:
                     f"characters per token: whitespace runs and long words count). Shorten it.",
                     code="context_length_exceeded",
                 )
+            if truncate and enc.overflowing and prompt[1]:  # a template's suffix survives truncation
+                out.append(self._truncate_text(texts[i], prompt))
+                continue
             if not truncate and enc.overflowing:
                 if settled is None:
                     total = len(enc.ids) + sum(len(o.ids) - self.num_special for o in enc.overflowing)
@@ -95,13 +113,29 @@ class Tokenizer:
             out.append(np.asarray(enc.ids, dtype=np.int32))
         return out
 
-    def _encode_capped(self, texts: list[str], prompt: str, limit: int):
+    def _encode_capped(self, texts: list[str], prompt: tuple[str, str], limit: int):
         """-> (encodings of the texts cut to `limit` characters, for each text None when it was
-        not cut, else how many of its leading content tokens are settled: see textcap.py)."""
+        not cut, else how many of its leading content tokens are settled: see textcap.py; a
+        template's suffix lies past the cut, beyond what settled counts)."""
+        prefix, suffix = prompt
         cut_texts = [textcap.cut(text, limit) for text in texts]
-        encodings = self._tok.encode_batch([prompt + t for t in cut_texts], add_special_tokens=True)
-        return encodings, [None if c is t else textcap.settled(enc, len(prompt) + len(c))
+        encodings = self._tok.encode_batch([prefix + t + suffix for t in cut_texts], add_special_tokens=True)
+        return encodings, [None if c is t else textcap.settled(enc, len(prefix) + len(c))
                            for c, t, enc in zip(cut_texts, texts, encodings)]
+
+    def _truncate_text(self, text: str, prompt: tuple[str, str]) -> np.ndarray:
+        """A template whose whole would overflow: cut the text's own tokens so that prefix + text
+        + suffix + specials fit, decode them and encode the whole again (FlagEmbedding's way; a
+        token boundary may merge differently, so the cut shrinks until it fits)."""
+        prefix, suffix = prompt
+        body = self._tok.encode(textcap.cut(text, self.char_limit), add_special_tokens=False).ids
+        frame = len(self._tok.encode(prefix + suffix, add_special_tokens=True).ids)
+        keep = max(0, self.max_length - frame)
+        while True:
+            enc = self._tok.encode(prefix + self._tok.decode(body[:keep]) + suffix, add_special_tokens=True)
+            if not enc.overflowing or keep == 0:
+                return np.asarray(enc.ids, dtype=np.int32)
+            keep = max(0, keep - max(1, len(enc.overflowing[0].ids) - self.num_special))
 
     def check_ids(self, inputs: list[list[int]], truncate: bool = False, start: int = 0) -> list[np.ndarray]:
         """Token-id inputs are the model's own vocabulary, used exactly as given."""
@@ -128,8 +162,8 @@ class Tokenizer:
         return out
 
     def prompt(self, input_type: str | None, prompt_name: str | None = None) -> str:
-        """The prefix for a request: a named prompt, the one `input_type` maps to, or the
-        model's default_prompt_name."""
+        """The prompt for a request (a prefix, or a template: split_prompt): a named prompt, the
+        one `input_type` maps to, or the model's default_prompt_name."""
         if prompt_name is not None:
             if input_type is not None:
                 raise InputError("Send either 'input_type' or 'prompt_name', not both.",

@@ -50,7 +50,7 @@ from tinyembed.common.metrics import LATENCY_BUCKETS, Registry
 from tinyembed.scheduler.budget import BatchBudget
 from tinyembed.scheduler.devices import compute_executor
 from tinyembed.scheduler.runner import DeadlineExceeded, Overloaded
-from tinyembed.scheduler.queues import PRIORITY, TIER_RANK, TIERS, FormedBatch, Request, TierQueues
+from tinyembed.scheduler.queues import ADDED, REFORM, TIER_RANK, TIERS, FormedBatch, Request, TierQueues
 
 __all__ = ["Scheduler", "Overloaded", "DeadlineExceeded"]
 
@@ -186,6 +186,8 @@ class _Lane:
         self.queues = TierQueues(**scheduler._queue_args)
         self.budget = BatchBudget(scheduler.max_batch_tokens, scheduler.max_batch_latency)
         self.queues.set_budget(self.budget.tokens)
+        for tier in TIERS:  # present from the start: an alert on it needs the series
+            self.stats.bound_violations.inc(self.name, tier, by=0)
         self.max_tokens = scheduler.max_queue_tokens
         self.workers = getattr(engine, "workers", 1)  # devices: batches that may compute at once
         self.computing: list[FormedBatch] = []
@@ -215,14 +217,12 @@ class _Lane:
         self.peak_unfinished_tokens = max(self.peak_unfinished_tokens, unfinished + req.tokens)
         self.idle.clear()
         staged = self.staged
-        if staged is not None:
-            if req.tier < staged.worst_tier and not (req.tier == PRIORITY and staged.capped):
-                self.unstage()  # a better tier: form it again, the newcomer first
-            elif staged.has_room(req.tier, min(req.lengths), self.queues.max_seqs):
-                if self.queues.top_up(staged, req):
-                    staged.packed = None  # packed again in step()
-            elif self.queues.make_room(staged, req):
-                staged.packed = None
+        if staged is not None:  # keep the staged batch what the former would make now
+            action = self.queues.offer(staged, req)
+            if action == REFORM:
+                self.unstage()  # formed again in step(), ranks kept
+            elif action == ADDED:
+                staged.packed = None  # packed again in step()
         self.kick()
 
     def retry_after(self, tokens: int) -> float:
@@ -311,8 +311,10 @@ class _Lane:
             self.queues.restore(staged)
 
     def launch(self, batch: FormedBatch) -> None:
-        self.queues.launched(batch)
         now = time.monotonic()
+        for req in self.queues.closed_to(batch, now):  # the invariant: must stay empty
+            self.stats.bound_violations.inc(self.name, TIERS[req.tier])
+        self.queues.launched(batch)
         number = self.queues.batches_launched  # this batch's
         for req in batch.requests():
             if req.started is None:
@@ -420,6 +422,21 @@ class _Lane:
         s.max_unfinished_tokens.set(self.max_tokens, self.name)
         s.drain_rate.set(round(self.drain_rate, 3), self.name)
         s.budget.set(self.budget.tokens, self.name)
+        seconds, batches = self.longest_wait()
+        s.longest_wait.set(round(seconds, 6), self.name)
+        s.longest_wait_batches.set(batches, self.name)
+
+    def longest_wait(self) -> tuple[float, int]:
+        """(seconds, batches started) since admission, the longest of the requests now waiting."""
+        waiting = set(self.queues.waiting())
+        if self.staged is not None:
+            waiting |= self.staged.requests()
+        waiting = [r for r in waiting if not r.dropped and not r.future.done()]
+        if not waiting:
+            return 0.0, 0
+        now = time.monotonic()
+        return (max(now - r.admitted for r in waiting),
+                max(self.queues.batches_launched - r.seen_batch for r in waiting))
 
 
 def size_class(inputs: int) -> str:
@@ -473,6 +490,16 @@ class _Stats:
         self.rejected = r.counter("tinyembed_scheduler_rejected_total",
                                   "Requests refused or dropped, by reason "
                                   "(queue_full, stopping, deadline, cancelled)", ("model", "reason"))
+        self.bound_violations = r.counter(
+            "tinyembed_scheduler_bound_violations_total",
+            "Requests a launched batch left out although it had room for their next sequence after the work "
+            "ranked ahead of them (the scheduling invariant, see scheduler/continuous.py): must stay 0",
+            ("model", "tier"))
+        self.longest_wait = r.gauge("tinyembed_scheduler_longest_wait_seconds",
+                                    "Longest time since admission of a request now waiting for a batch", ("model",))
+        self.longest_wait_batches = r.gauge("tinyembed_scheduler_longest_wait_batches",
+                                            "Most batches started since admission of a request now waiting for "
+                                            "a batch", ("model",))
         self.usage_requests = r.counter("tinyembed_usage_requests_total",
                                         "Completed embedding requests per API key", ("key", "model"))
         self.usage_tokens = r.counter("tinyembed_usage_tokens_total",

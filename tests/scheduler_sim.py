@@ -126,6 +126,7 @@ class Sim:
         self.launched_seqs: list[set[int]] = []  # per request: indices launched so far
         self.first_batch: list[int | None] = []  # per request: number of its first launched batch
         self.launches: list[dict] = []
+        self.computing_at_admission: list[int] = []
         launch = self.lane.launch
 
         def recording_launch(batch):
@@ -145,6 +146,7 @@ class Sim:
         self.requests.append(req)
         self.launched_seqs.append(set())
         self.first_batch.append(None)
+        self.computing_at_admission.append(len(self.lane.computing))
         try:
             self.lane.admit(req)
         except continuous.Overloaded:

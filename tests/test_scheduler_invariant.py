@@ -65,6 +65,12 @@ def violations(sim: Sim, aged_share: float, max_seqs: int | None) -> list[tuple[
     return found
 
 
+def counted(sim: Sim) -> float:
+    """The server's own count of the same violations (tinyembed_scheduler_bound_violations_total)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in sim.scheduler.metrics().splitlines()
+               if line.startswith("tinyembed_scheduler_bound_violations_total{"))
+
+
 def play(monkeypatch, config: dict, ops: list, workers: int) -> Sim:
     sim = Sim(monkeypatch, workers=workers, **config)
     try:
@@ -89,6 +95,18 @@ def test_no_batch_leaves_out_a_request_it_had_room_for(monkeypatch, config, ops,
     sim = play(monkeypatch, config, ops, workers)
     found = violations(sim, config["aged_share"], config["max_batch_sequences"])
     assert found == [], f"left out (batch, request): {found}; config {config}, ops {ops}; batches {sim.launches}"
+    assert counted(sim) == 0
+    # the bound, per request, in the terms of the batches-waited histogram: the batches computing
+    # when it arrived + its own batches before its last + the batches closed to it, nothing more
+    left_out, carried = [0] * len(sim.requests), [0] * len(sim.requests)
+    for launch in sim.launches:
+        for k, _, _ in launch["waiting"]:
+            left_out[k] += 1
+        for k in {k for k, _ in launch["picks"]}:
+            carried[k] += 1
+    for k, req in enumerate(sim.requests):
+        if req.future is not None and req.future._state == "ok":
+            assert req.batches_waited <= sim.computing_at_admission[k] + carried[k] - 1 + left_out[k], k
     for k, req in enumerate(sim.requests):  # liveness: with no more arrivals, everything ends
         if req.future is not None:
             assert req.future.done(), f"request {k} never finished"
@@ -122,6 +140,7 @@ def test_the_checker_catches_a_batch_that_skips_a_request(monkeypatch):
     finally:
         sim.close()
     assert violations(sim, 0.0, None) != []
+    assert counted(sim) > 0  # and the scheduler's own check counts it
 
 
 @pytest.mark.parametrize("workers", [1, 2])

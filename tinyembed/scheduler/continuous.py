@@ -11,18 +11,39 @@ several for a DevicePool, scheduler/devices.py) and at most one batch staged beh
 Models on the same device share its compute thread. The staged batch
 is formed (and, once it is large, packed) on the loop while the current one computes, and
 launched the moment the compute thread is free (pipelining). It is not final until launched:
-an arrival that still fits is added to it; a better-tier arrival, or the cancellation of one
-of its requests, takes it back and it is formed again.
+an arrival that ranks behind everything in it joins it if it fits; one ranked ahead of work in
+it that needs that room (a first chunk vs. others' later chunks, a better tier), or the
+cancellation of one of its requests, takes it back (every request keeps its rank) and it is
+formed again, so the batch that launches is always what the former would make at that moment.
+
+The invariant (checked at every launch: TierQueues.closed_to; property-tested over random
+interleavings in tests/test_scheduler_invariant.py). Every batch launched while a request r of
+tier T still has sequences waiting (and is neither cancelled nor past its deadline) either
+carries some of r, or is closed to r: the work in it ranked ahead of r, plus r's next sequence,
+does not fit the batch's limit for T (or it holds max_batch_sequences). Ranked ahead of r's
+first chunk: better tiers, aged work (at most aged_share of a batch) and the first chunks of
+T admitted before r; ahead of a later chunk, also the round-robin turns of T before r's. Nothing
+admitted after r, and no worse-tier work beyond the aged share, ever takes r's room. The bound
+that follows, in the terms of the batches-waited histogram: a request waits for the batches
+computing when it arrives (one per device), then for its own batches (chunk count), plus only
+the batches closed to it; so K = 1 (one device) for a request that fits in one batch when
+nothing ranked ahead fills the next one, chunks + 1 otherwise. A request a launched batch leaves
+out while open to it counts in tinyembed_scheduler_bound_violations_total (must stay 0); the
+longest current wait is exported too (tinyembed_scheduler_longest_wait_seconds / _batches).
+
+Why the bound broke before (the sidecar bench's p99 of seconds): when a newcomer did not fit
+the staged batch, `make_room` evicted the tail of the largest other request's share, and the
+evicted sequences queued behind every newer first chunk. A long single text in the staged
+batch was that largest share, so each short arrival during a batch pushed it out again: it ran
+only when arrivals paused (tests: test_a_single_text_is_never_pushed_out_by_later_arrivals).
+A take-back (better-tier arrival, cancellation) put its picks ahead of older first chunks too.
 
 Batch size: each lane's `BatchBudget` (scheduler/budget.py) learns how batch time grows with
 batch size (a line fitted to recent batches: fixed overhead + tokens / peak rate) and sets the
 token budget of the next batches so that one batch stays within `max_batch_latency` seconds and
 is no larger than needed for near-peak throughput; `max_batch_tokens` is the hard cap. Without
 a latency target the budget is max_batch_tokens. Round-robin chunks (a request's share per
-turn) are budget // 8, a request's first chunk comes before others' later ones, and a newcomer
-that finds the staged batch full takes the place of the tail of the largest other request's
-share in it (TierQueues.make_room), so a short request nearly always waits behind only the
-batch computing when it arrived.
+turn) are budget // 8.
 
 Backpressure: a lane holds at most `max_queue_tokens` admitted-but-unfinished tokens (queued,
 staged and computing). An embed() that would pass the bound raises Overloaded(retry_after),

@@ -103,30 +103,34 @@ class FakeLoop:
 class FakeEngine:
     """Vectors: (request serial, sequence index) so the test can check where each one went."""
 
-    def __init__(self, workers: int = 1):
+    def __init__(self, workers: int = 1, loop: "FakeLoop | None" = None, seconds_per_token: float = 0.0):
         self.info = SimpleNamespace(name="sim", dimensions=2, device="sim")
         self.workers = workers
+        self.loop, self.seconds_per_token = loop, seconds_per_token
 
     def pack(self, sequences):
         return list(sequences)
 
     def embed(self, work):
+        if self.loop is not None:  # the batch takes fake time: a known compute rate
+            self.loop.now += self.seconds_per_token * sum(len(s) for s in work)
         return np.array([[s[0], s[1]] for s in work], dtype=np.float32)
 
 
 class Sim:
-    def __init__(self, monkeypatch, workers: int = 1, **scheduler_args):
+    def __init__(self, monkeypatch, workers: int = 1, seconds_per_token: float = 0.0, **scheduler_args):
         self.loop = FakeLoop()
         monkeypatch.setattr(continuous, "time", SimpleNamespace(monotonic=lambda: self.loop.now))
         self.scheduler = Scheduler(**scheduler_args)
         self.scheduler._loop = self.loop
-        self.engine = FakeEngine(workers)
+        self.engine = FakeEngine(workers, self.loop, seconds_per_token)
         self.lane = self.scheduler._lane(self.engine)
         self.requests: list[Request] = []
         self.launched_seqs: list[set[int]] = []  # per request: indices launched so far
         self.first_batch: list[int | None] = []  # per request: number of its first launched batch
         self.launches: list[dict] = []
         self.computing_at_admission: list[int] = []
+        self.refused: list[continuous.Overloaded] = []
         launch = self.lane.launch
 
         def recording_launch(batch):
@@ -149,8 +153,9 @@ class Sim:
         self.computing_at_admission.append(len(self.lane.computing))
         try:
             self.lane.admit(req)
-        except continuous.Overloaded:
+        except continuous.Overloaded as exc:
             req.dropped = True  # never admitted
+            self.refused.append(exc)
         self.loop.run_ready()
 
     def cancel(self, k: int) -> None:

@@ -48,7 +48,8 @@ turn) are budget // 8.
 Backpressure: a lane holds at most `max_queue_tokens` admitted-but-unfinished tokens (queued,
 staged and computing). An embed() that would pass the bound raises Overloaded(retry_after),
 retry_after = the excess over the bound / the measured drain rate (EWMA of tokens/s of recent
-batches). An empty lane admits any request, so a request larger than the bound still runs.
+batches, times the devices of a DevicePool: they drain the queue together). An empty lane
+admits any request, so a request larger than the bound still runs.
 
 Cancellation: when the awaiting task is cancelled (the client went away; its future is
 cancelled at that moment) or its deadline passes, the request's not-yet-launched sequences
@@ -214,10 +215,16 @@ class _Lane:
         self.computing: list[FormedBatch] = []
         self.staged: FormedBatch | None = None
         self.peak_unfinished_tokens = 0
-        self.drain_rate = 0.0  # tokens/s, EWMA over batches
+        self.device_rate = 0.0  # tokens/s of one device, EWMA over batches
         self.kick_pending = False
         self.idle = asyncio.Event()
         self.idle.set()
+
+    @property
+    def drain_rate(self) -> float:
+        """Tokens/s the lane drains: a batch's rate on one device times the devices computing at
+        once (a queue long enough to refuse requests keeps every device busy)."""
+        return self.device_rate * self.workers
 
     @property
     def unfinished_tokens(self) -> int:
@@ -415,7 +422,7 @@ class _Lane:
         self.stats.batch_sequences.observe(batch.num_seqs, self.name)
         self.stats.batch_seconds.observe(seconds, self.name)
         rate = batch.tokens / seconds
-        self.drain_rate = rate if not self.drain_rate else 0.8 * self.drain_rate + 0.2 * rate
+        self.device_rate = rate if not self.device_rate else 0.8 * self.device_rate + 0.2 * rate
         self.budget.observe(batch.tokens, seconds)
         self.queues.set_budget(self.budget.tokens)
 
@@ -485,7 +492,7 @@ class _Stats:
         self.max_unfinished_tokens = r.gauge("tinyembed_scheduler_max_queue_tokens",
                                              "Bound on unfinished tokens; beyond it requests get 503", ("model",))
         self.drain_rate = r.gauge("tinyembed_scheduler_drain_tokens_per_second",
-                                  "Measured compute throughput (EWMA over batches)", ("model",))
+                                  "Measured compute throughput of the model's devices together (EWMA over batches)", ("model",))
         self.batch_tokens = r.histogram("tinyembed_scheduler_batch_tokens", "Tokens per batch", ("model",),
                                         BATCH_TOKEN_BUCKETS)
         self.batch_sequences = r.histogram("tinyembed_scheduler_batch_sequences", "Sequences per batch",

@@ -49,6 +49,7 @@ TIER_RANK = {"priority": 0, "default": 1, "auto": 1, "over-limit": 2, "flex": 3}
 PRIORITY, DEFAULT, OVER_LIMIT, FLEX = 0, 1, 2, 3
 FIRST, LATER = 0, 1  # rank phases: a request's first chunk, its later chunks
 ADDED, REFORM, UNCHANGED = "added", "reform", "unchanged"  # what offer() did to a staged batch
+COMPACT_EVERY = 256  # batches between sweeps of stale heap entries
 
 
 class Request:
@@ -201,6 +202,8 @@ class TierQueues:
     def launched(self, batch: FormedBatch) -> None:
         """The batch went to the compute thread: its sequences leave the queue."""
         self.batches_launched += 1
+        if self.batches_launched % COMPACT_EVERY == 0:
+            self._compact()
         for p in batch.picks:
             req = p.request
             self.queued_tokens[req.tier] -= p.tokens
@@ -307,8 +310,17 @@ class TierQueues:
             return
         req.entry = entry = next(self._entries)
         heapq.heappush(self.heaps[req.tier], (*req.rank, entry, req))
-        if req.tier != PRIORITY:
+        if req.tier != PRIORITY and self.aged_share > 0:
             heapq.heappush(self.aging, (req.waiting_since, req.tier, entry, req))
+
+    def _compact(self) -> None:
+        """Drop stale entries (they leave lazily, from the top; deep ones could pile up)."""
+        def live(entry) -> bool:
+            req = entry[-1]
+            return entry[-2] == req.entry and bool(req.pending) and not req.dropped
+        for heap in (*self.heaps, self.aging):
+            heap[:] = [e for e in heap if live(e)]
+            heapq.heapify(heap)
 
     def _top(self, tier: int) -> Request | None:
         """The best-ranked live request of a tier (stale entries at the top are dropped)."""

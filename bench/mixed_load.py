@@ -28,7 +28,7 @@ import subprocess
 
 from bench.common import wait_for_idle
 from bench.corpus import mixed_corpus
-from bench.server import SpawnedServer, add_bulk_ratios, parse_points, run_any
+from bench.server import SpawnedServer, add_bulk_ratios, batch_stats, parse_points, run_any
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -48,9 +48,10 @@ def measure(path: str | None, points: str, texts: list[str], args, server_args: 
     try:
         rows = []
         for point in parse_points(points):
+            before = batch_stats(server.url)
             rows.append(run_any(server.url, MODEL, None, texts, point, args))
-            if rows[-1].get("mixed"):  # the server's own view of the mixed point (counters since start)
-                waited = server_counts(server.url)
+            if rows[-1].get("mixed"):  # the server's own view of the mixed point
+                waited = {**server_counts(server.url), **batch_delta(before, batch_stats(server.url))}
     finally:
         server.stop()
     add_bulk_ratios(rows)
@@ -69,8 +70,18 @@ def measure(path: str | None, points: str, texts: list[str], args, server_args: 
             "bulk_alone_texts_per_s": by_key[mixed["bulk_key"]]["texts_per_s"],
             "mixed_texts_vs_bulk_alone": mixed["texts_per_s"] / max(by_key[mixed["bulk_key"]]["texts_per_s"], 1e-9),
             **waited,
-            "budget_tokens": (mixed.get("server_batches") or {}).get("budget_tokens"),
             "errors": sum(sum(r["errors"].values()) for r in rows), "load_after": os.getloadavg()[0]}
+
+
+def batch_delta(before: dict, after: dict) -> dict:
+    """Budget at the end, mean batch size and time over the point (the counters' difference)."""
+    batches = after.get("batches", 0) - before.get("batches", 0)
+    if batches <= 0:
+        return {}
+    tokens = after["batch_tokens_sum"] - before.get("batch_tokens_sum", 0.0)
+    ms = after["mean_batch_ms"] * after["batches"] - before.get("mean_batch_ms", 0.0) * before.get("batches", 0)
+    return {"mixed_budget_tokens": after.get("budget_tokens"), "mixed_batches": batches,
+            "mixed_mean_batch_tokens": tokens / batches, "mixed_mean_batch_ms": ms / batches}
 
 
 def server_counts(url: str) -> dict:

@@ -103,15 +103,3 @@ def test_steady_full_batches_on_a_slow_machine_do_not_spiral_down():
 def test_bad_latency_is_refused():
     with pytest.raises(ValueError):
         BatchBudget(1024, 0)
-
-
-def test_interactive_budget_halves_the_batch_time_within_ten_percent_of_peak():
-    b = BatchBudget(16384, 0.075)
-    run(b, lambda n: 0.002 + n / 7000)  # CPU-like: little overhead, the latency fit decides
-    assert b.interactive_tokens == pytest.approx((0.0375 - 0.002) * 7000, rel=0.03)
-    slow = BatchBudget(16384, 0.075)
-    run(slow, lambda n: 0.005 + n / 7000)  # more overhead: halving would cost over 10% of peak
-    half = 0.005 * 7000
-    assert slow.interactive_tokens == pytest.approx(9 * half, rel=0.05)  # the 90% floor
-    assert slow.interactive_tokens < slow.tokens
-    assert BatchBudget(4096, None).interactive_tokens == 4096  # a fixed budget stays fixed

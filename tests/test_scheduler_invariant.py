@@ -28,7 +28,6 @@ CONFIG = st.fixed_dictionaries({
     "aged_share": st.sampled_from([0.0, 0.25]),
     "priority_hold_batches": st.integers(0, 4),
     "max_queue_tokens": st.sampled_from([60, 400, 100000]),
-    "interactive_share": st.sampled_from([None, 0.3, 0.6]),  # smaller batches while interactive work is recent
 })
 ARRIVE = st.tuples(st.just("arrive"),
                    st.one_of(st.lists(st.integers(2, 40), min_size=1, max_size=3),
@@ -73,12 +72,7 @@ def counted(sim: Sim) -> float:
 
 
 def play(monkeypatch, config: dict, ops: list, workers: int) -> Sim:
-    config = dict(config)
-    share = config.pop("interactive_share", None)
     sim = Sim(monkeypatch, workers=workers, **config)
-    if share is not None:  # what a learned budget sets (budget.py); a fixed one keeps it
-        sim.lane.budget.interactive_tokens = max(1, int(config["max_batch_tokens"] * share))
-        sim.lane.queues.set_budget(sim.lane.budget.tokens, sim.lane.budget.interactive_tokens)
     try:
         for op in ops:
             if op[0] == "arrive":

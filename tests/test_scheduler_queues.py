@@ -137,20 +137,6 @@ def test_random_load_keeps_every_invariant(seed):
     assert snapshot["peak_unfinished_tokens"] <= 4000
 
 
-def test_batches_shrink_to_the_interactive_budget_only_while_single_texts_arrive():
-    q = TierQueues(max_batch_tokens=100, chunk_tokens=20, priority_hold_batches=2)
-    q.set_budget(100, interactive_tokens=40)
-    q.add(_req([10] * 60))  # bulk only: full batches
-    sizes = []
-    for k in range(6):
-        if k == 1:
-            q.add(_req([10]))  # a single text: the next batches are short, it is in the first
-        batch, _ = q.form(0.0)
-        q.launched(batch)
-        sizes.append(batch.tokens)
-    assert sizes == [100, 40, 40, 40, 100, 100]
-
-
 def test_stale_entries_do_not_pile_up_under_take_backs():
     """Every take-back re-enters its requests (the old entries go stale and leave lazily): the
     heaps stay proportional to the live requests, not to the history."""

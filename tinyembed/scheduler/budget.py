@@ -33,11 +33,6 @@ On a 2-core CPU the overhead is a few ms and the latency fit decides (a few hund
 the floor keeps throughput, and so the queue, from collapsing. `max_batch_tokens` is the hard
 cap either way.
 
-While interactive requests (one text, or no more than one round-robin chunk) were admitted
-within the last few batches, batches are formed to `interactive_tokens` instead: the latency
-fit for INTERACTIVE_SHARE (half) of the target, floored where throughput would drop below 90%
-of peak. Bulk work alone never sees it; under a mix, its batches shrink only as far as 90%.
-
 Before any measurement the budget is `initial_tokens` (256: conservative on a CPU, cheap on a
 GPU). While recent batches are all about one size (steady bulk load fills every batch to the
 budget) the slope cannot be told from the overhead: the line then goes through the origin and
@@ -57,8 +52,6 @@ FLOOR_EFFICIENCY = 0.85  # efficiency below which a smaller batch is not worth i
 DECAY = 0.97  # weight kept by the older batches at each new one
 MIN_SPREAD = 0.15  # batch sizes' coefficient of variation needed to fit the overhead
 PROBE = 0.6  # a probe batch's size, relative to the budget
-INTERACTIVE_SHARE = 0.5  # of the latency target, for batches formed while interactive work is recent
-INTERACTIVE_EFFICIENCY = 0.9  # ... but never below this share of peak throughput
 
 
 class BatchBudget:
@@ -75,7 +68,6 @@ class BatchBudget:
         self.fitted = False  # the overhead is known (recent batches had different sizes)
         self.probing = False  # the next batch is a probe
         self.tokens = max_batch_tokens if max_batch_latency is None else min(initial_tokens, max_batch_tokens)
-        self.interactive_tokens = self.tokens  # the budget while interactive work is recent (see below)
 
     @property
     def adaptive(self) -> bool:
@@ -92,7 +84,6 @@ class BatchBudget:
         # (at the cap no probe is needed: the line through the origin overestimates batch time)
         self.probing = not self.fitted and not self.probing and budget < self.cap
         self.tokens = max(self.min_tokens, int(budget * PROBE)) if self.probing else budget
-        self.interactive_tokens = min(self.tokens, self._interactive(budget))
 
     def predicted_seconds(self, tokens: int) -> float | None:
         return None if not self.peak_rate else self.overhead + tokens / self.peak_rate
@@ -108,15 +99,6 @@ class BatchBudget:
             if slope > 0 and overhead >= 0:
                 return overhead, 1.0 / slope, True
         return 0.0, snn / snt, False  # one size only, or a fit that noise bent: the line through the origin
-
-    def _interactive(self, budget: int) -> int:
-        """A batch within INTERACTIVE_SHARE of the target, unless that costs more than 10% of
-        peak throughput: a short request waits for the batch computing and then its own, so
-        halving both while such requests keep coming nearly halves their latency."""
-        half = self.overhead * self.peak_rate
-        n_lat = (self.latency * INTERACTIVE_SHARE - self.overhead) * self.peak_rate
-        n_floor = half * INTERACTIVE_EFFICIENCY / (1 - INTERACTIVE_EFFICIENCY)
-        return int(max(self.min_tokens, min(budget, max(n_floor, n_lat))))
 
     def _decide(self) -> int:
         half = self.overhead * self.peak_rate  # tokens at which half of a batch's time is overhead

@@ -207,7 +207,7 @@ class _Lane:
         self.stats = scheduler._stats
         self.queues = TierQueues(**scheduler._queue_args)
         self.budget = BatchBudget(scheduler.max_batch_tokens, scheduler.max_batch_latency)
-        self.queues.set_budget(self.budget.tokens, self.budget.interactive_tokens)
+        self.queues.set_budget(self.budget.tokens)
         for tier in TIERS:  # present from the start: an alert on it needs the series
             self.stats.bound_violations.inc(self.name, tier, by=0)
         self.max_tokens = scheduler.max_queue_tokens
@@ -424,7 +424,7 @@ class _Lane:
         rate = batch.tokens / seconds
         self.device_rate = rate if not self.device_rate else 0.8 * self.device_rate + 0.2 * rate
         self.budget.observe(batch.tokens, seconds)
-        self.queues.set_budget(self.budget.tokens, self.budget.interactive_tokens)
+        self.queues.set_budget(self.budget.tokens)
 
     # -- introspection ---------------------------------------------------------------------------
     def snapshot(self) -> dict:

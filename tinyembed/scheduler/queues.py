@@ -29,9 +29,6 @@ one model's waiting work.
   traffic is recent (a priority request admitted within the last `priority_hold_batches`
   batches), takes default/flex work only up to `priority_batch_tokens`. Without priority
   traffic, batches fill to the budget.
-- While interactive requests (one text, or one chunk's worth) keep arriving (one within the
-  last `priority_hold_batches` batches), batches are formed to the budget's interactive size
-  (scheduler/budget.py): a short request then waits for two short batches, not two long ones.
 - `closed_to(batch)` checks the invariant that ordering gives (see continuous.py's docstring).
 """
 
@@ -146,7 +143,6 @@ class TierQueues:
         self.aging_batches = max(1, aging_batches)
         self.priority_hold_batches = max(0, priority_hold_batches)
         self.priority_seen = -1 - self.priority_hold_batches  # batches_launched at the last priority arrival
-        self.interactive_seen = -1 - self.priority_hold_batches  # ... at the last interactive arrival
         self.aged_share = min(max(aged_share, 0.0), 1.0)
         # per tier, (phase, ticket, entry, request) by rank; and (waiting_since, tier, entry, request)
         # over the lower tiers for aging. Entries go stale when a request's rank changes (lazy removal).
@@ -159,12 +155,10 @@ class TierQueues:
         self.queued_seqs = [0] * len(TIERS)
         self.batches_launched = 0  # the aging clock
 
-    def set_budget(self, tokens: int, interactive_tokens: int | None = None) -> None:
+    def set_budget(self, tokens: int) -> None:
         """Tokens the next batches may hold (scheduler/budget.py: set by time), never above
-        max_batch_tokens, and while interactive work is recent `interactive_tokens`. Round-robin
-        chunks and the priority cap follow the budget unless configured."""
+        max_batch_tokens. Round-robin chunks and the priority cap follow it unless configured."""
         self.budget = max(1, min(tokens, self.max_tokens))
-        self.interactive_budget = max(1, min(interactive_tokens or self.budget, self.budget))
         self.priority_tokens = min(self.budget, self._priority_setting or max(1, self.budget // 4))
         self.chunk_tokens = self._chunk_setting or max(1, self.budget // 8)
 
@@ -172,21 +166,11 @@ class TierQueues:
     def add(self, req: Request) -> None:
         if req.tier == PRIORITY:
             self.priority_seen = self.batches_launched
-        if self.interactive(req):
-            self.interactive_seen = self.batches_launched
         self.queued_tokens[req.tier] += req.tokens
         self.queued_seqs[req.tier] += len(req.sequences)
         req.waiting_since = self.batches_launched
         req.rank = (FIRST, next(self._admissions))
         self._push(req)
-
-    def interactive(self, req: Request) -> bool:
-        """A person waiting, likely: one text, or no more than one round-robin chunk."""
-        return len(req.sequences) == 1 or req.tokens <= self.chunk_tokens
-
-    def current_budget(self) -> int:
-        recent = self.batches_launched - self.interactive_seen <= self.priority_hold_batches
-        return self.interactive_budget if recent else self.budget
 
     def drop(self, req: Request) -> None:
         """Forget a request's waiting sequences (its picks must not be in a staged batch)."""
@@ -243,9 +227,8 @@ class TierQueues:
         best first, within a tier by rank (first chunks, then the round robin)."""
         expired: list[Request] = []
         recent = self.batches_launched - self.priority_seen <= self.priority_hold_batches
-        budget = self.current_budget()
-        lower = min(budget, self.priority_tokens) if self._top(PRIORITY) is not None or recent else budget
-        batch = FormedBatch(budget, lower)
+        lower = self.priority_tokens if self._top(PRIORITY) is not None or recent else self.budget
+        batch = FormedBatch(self.budget, lower)
         if self.aged_share > 0:
             self._take_aged(batch, int(lower * self.aged_share), now, expired)
         for tier in range(len(TIERS)):
@@ -264,8 +247,6 @@ class TierQueues:
         the batch back and forms it again) or UNCHANGED (it waits for the next batch)."""
         if req.tier == PRIORITY and batch.lower_limit > self.priority_tokens and batch.worst_tier > PRIORITY:
             return REFORM  # lower-tier work in it must shrink to the priority cap
-        if batch.limit > self.current_budget() and batch.tokens > self.current_budget():
-            return REFORM  # interactive work just arrived: the batch it joins gets short
         key = (req.tier, *req.rank)
         behind = any(not p.aged and p.key() > key for p in batch.picks)
         need, count = 0, 0

@@ -41,7 +41,7 @@ from bench.common import MODEL, fmt, median, new_report, pyplot, table
 from bench.corpus import fixed_length_corpus, mixed_corpus
 from bench.op_profile import CATEGORIES, OpProfiler
 
-# the order ops run in one layer, as model.py calls them (matmul appears three times)
+# the order ops run in one layer, as families/bert.py calls them (matmul appears three times)
 LAYER_OPS = ("qkv", "attention", "attn_out", "add_ln1", "ffn_in", "gelu", "ffn_out", "add_ln2")
 _MATMULS = ("attn_out", "ffn_in", "ffn_out")
 

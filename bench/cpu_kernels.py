@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 
-from tinyembed.engine import cpu_build
-from tinyembed.engine.cpu_threads import available_cores
-from tinyembed.engine.ops_c import NAIVE, SIGNATURES, COps
-from tinyembed.engine.ops_numpy import NumpyOps
+from tinyembed.engine.build import cpu_compile as cpu_build
+from tinyembed.engine.build.cpu_threads import available_cores
+from tinyembed.engine.ops.c_ops import NAIVE, SIGNATURES, COps
+from tinyembed.engine.ops.numpy_ops import NumpyOps
 
 
 def inputs(batch: int, seq_len: int, hidden=384, heads=12, ffn=1536, vocab=30522) -> dict:

@@ -77,10 +77,10 @@ def write(path: Path, obj) -> None:
 
 def workload(directory: Path, name: str, args) -> list[list[int]]:
     """Token ids (specials included) both contenders run: from tinyembed's tokenizer."""
-    from tinyembed.engine.spec import ModelSpec
-    from tinyembed.engine.tokenize import Tokenizer
+    from tinyembed.engine.families import read_spec
+    from tinyembed.engine.text.tokenize import Tokenizer
 
-    tokenizer = Tokenizer(ModelSpec.from_dir(directory))
+    tokenizer = Tokenizer(read_spec(directory))
     if name == "mixed":
         return [s.tolist() for s in tokenizer.encode(mixed_corpus(args.texts), truncate=True)]
     stream = [t for s in tokenizer.encode(mixed_corpus(400), truncate=True) for t in s[:-1].tolist()]

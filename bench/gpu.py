@@ -55,7 +55,7 @@ CHECK = 32  # vectors of the mixed corpus every contender returns: same weights,
 def tokenizer_dir() -> Path:
     """The BERT tokenizer of all-MiniLM-L6-v2: the bundled package, else the local HF cache."""
     from tinyembed.common.errors import TinyEmbedError
-    from tinyembed.engine.registry import resolve
+    from tinyembed.engine.checkpoints.registry import resolve
 
     try:
         return resolve("all-MiniLM-L6-v2")
@@ -344,7 +344,7 @@ def ceilings(dtype: str) -> tuple[str, dict]:
     """The device's name, its copy bandwidth (GB/s, read + write) and cuBLAS GEMM rate (TFLOP/s)."""
     import cupy as cp
 
-    from tinyembed.engine.ops_cuda import CudaOps
+    from tinyembed.engine.ops.cuda_ops import CudaOps
 
     ops = CudaOps(0, dtype)
     name = cp.cuda.runtime.getDeviceProperties(0)["name"]
@@ -375,8 +375,8 @@ def kernel_table(dtype: str, ceiling: dict) -> list[dict]:
 def _kernel_rows(dtype: str, version: str, ceiling: dict) -> list[dict]:
     import cupy as cp
 
-    from tinyembed.engine.model import Batch
-    from tinyembed.engine.ops_cuda import CudaOps
+    from tinyembed.engine.families.bert import Batch
+    from tinyembed.engine.ops.cuda_ops import CudaOps
 
     h, inner, heads, vocab, seqs, length = 768, 3072, 12, 30522, 64, 512
     batch = Batch.pack([np.random.default_rng(i).integers(0, vocab, length) for i in range(seqs)])

@@ -135,7 +135,7 @@ install_wheels() {
 nvrtc_check() {
     "$PY" - "$SMOKE" <<'EOF'
 import sys, time
-from tinyembed.engine import ops_cuda
+from tinyembed.engine.ops import cuda_ops as ops_cuda
 reason = ops_cuda.unavailable_reason()
 if reason is not None:
     print(f"no GPU: {reason}")
@@ -150,8 +150,8 @@ EOF
 sanitize_case() {  # one small attention call: lengths 65, 7, 1; head_dim 64 and 128; max_len 1 too
     cat >"$WORK/sanitize_case.py" <<'EOF'
 import numpy as np
-from tinyembed.engine.model import Batch
-from tinyembed.engine.ops_cuda import CudaOps
+from tinyembed.engine.families.bert import Batch
+from tinyembed.engine.ops.cuda_ops import CudaOps
 ops = CudaOps(0, "float16")
 batch = Batch.pack([np.arange(n, dtype=np.int32) for n in (65, 7, 1)])
 _, _, cu = ops.upload_batch(batch)

@@ -66,7 +66,7 @@ def build_model(dest: Path) -> dict:
     """The bundled MiniLM with float16 weights in HF cache layout; returns its manifest entry."""
     from safetensors.numpy import load_file, save_file
 
-    from tinyembed.engine.registry import resolve
+    from tinyembed.engine.checkpoints.registry import resolve
 
     source = resolve("all-MiniLM-L6-v2")
     snapshot = hf_snapshot(dest)

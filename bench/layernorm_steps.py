@@ -32,7 +32,7 @@ import numpy as np
 
 from bench.common import fmt, median, new_report, table
 
-BLOCK = 32 * 1024  # elements per row block, as tinyembed/ops_numpy.py
+BLOCK = 32 * 1024  # elements per row block, as tinyembed/engine/ops/numpy_ops.py
 
 
 def naive(y, bias, residual, w, b, eps):
@@ -63,7 +63,7 @@ def blocked(y, bias, residual, w, b, eps):
 
 
 def make_threaded(threads: int):
-    from tinyembed.engine.ops_numpy import NumpyOps
+    from tinyembed.engine.ops.numpy_ops import NumpyOps
 
     ops = NumpyOps(threads)
     return lambda y, bias, residual, w, b, eps: ops.bias_residual_layernorm(y, bias, residual, w, b, eps)

@@ -110,7 +110,7 @@ class Infinity(Contender):
     ready_path = "/health"
 
     def __init__(self, model: str):
-        from tinyembed.engine.registry import resolve
+        from tinyembed.engine.checkpoints.registry import resolve
 
         self.model_dir = str(resolve(model))
 

@@ -85,7 +85,7 @@ def make_sentence_transformers(model: str, settings: dict):
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from tinyembed.engine.registry import resolve
+    from tinyembed.engine.checkpoints.registry import resolve
 
     st = SentenceTransformer(str(resolve(model)), device="cpu")
 
@@ -111,7 +111,7 @@ def make_onnxruntime(model: str, settings: dict):
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
-    from tinyembed.engine.registry import resolve
+    from tinyembed.engine.checkpoints.registry import resolve
 
     path = resolve(model)
     options = ort.SessionOptions()
@@ -264,7 +264,7 @@ def _threads(name: str) -> dict:
 
         out["torch"] = torch.get_num_threads()
     if name in KERNELS:
-        from tinyembed.engine.cpu_threads import available_cores
+        from tinyembed.engine.build.cpu_threads import available_cores
 
         out["ops_threads"] = available_cores()
     try:
@@ -280,7 +280,7 @@ def _threads(name: str) -> dict:
 
 def export_onnx(model: str, log=sys.stderr) -> tuple[str | None, str | None]:
     """-> (path to model.onnx, error). Exported once per model directory, cached in bench/results."""
-    from tinyembed.engine.registry import resolve
+    from tinyembed.engine.checkpoints.registry import resolve
 
     path = resolve(model)
     weights = path / "model.safetensors"

@@ -9,7 +9,9 @@ import numpy as np
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_DECODERS = ["tiny-qwen3", "tiny-qwen2-gte", "tiny-mistral", "tiny-gemma2"]  # weights/make_tiny_decoders.py
-TINY_MODELS = sorted(p.name for p in FIXTURES.glob("tiny-*") if p.is_dir() and p.name not in TINY_DECODERS)
+TINY_RERANKERS = ["tiny-reranker-bert", "tiny-reranker-xlmr"]  # weights/make_tiny_rerankers.py (tests/test_rerank.py)
+TINY_MODELS = sorted(p.name for p in FIXTURES.glob("tiny-*")
+                     if p.is_dir() and p.name not in TINY_DECODERS + TINY_RERANKERS)
 
 
 def tiny_texts() -> list[str]:

@@ -94,6 +94,26 @@ def test_bad_form_fields(fields, status, code, param):
     assert (err.value.status, err.value.code, err.value.param) == (status, code, param)
 
 
+@pytest.mark.parametrize("seconds", [b"3_600", b"+3600", b" 3600 ", b"3600 ", b"\t3600", b"3600\n",
+                                     "\u0663\u0666\u0660\u0660".encode(), b"0x1000", b"3600.0", b"36e2", b"",
+                                     b"-3600", "\uff13\uff16\uff10\uff10".encode()])
+def test_form_integers_are_ascii_digits_only(seconds):
+    """expires_after[seconds]: int() would take several of these as 3600 (issue 24, class 6)."""
+    body, content_type = multipart([("purpose", None, b"batch"), ("file", "a.jsonl", GOOD_LINE),
+                                    ("expires_after[anchor]", None, b"created_at"),
+                                    ("expires_after[seconds]", None, seconds)])
+    with pytest.raises(ApiError) as err:
+        batch_files.read_upload(batch_files.parse_multipart(body, content_type), 10_000)
+    assert (err.value.status, err.value.param) == (400, "expires_after")
+
+
+def test_form_integer_of_plain_digits_is_read():
+    body, content_type = multipart([("purpose", None, b"batch"), ("file", "a.jsonl", GOOD_LINE),
+                                    ("expires_after[anchor]", None, b"created_at"),
+                                    ("expires_after[seconds]", None, b"0003600")])
+    assert batch_files.read_upload(batch_files.parse_multipart(body, content_type), 10_000).expires_after == 3600
+
+
 @pytest.mark.parametrize("body, content_type, status", [
     (GOOD_LINE, "application/json", 415),
     (b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n", "multipart/form-data; boundary=b", 400),

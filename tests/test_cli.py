@@ -102,7 +102,7 @@ def test_embed_command_prints_engine_vectors(capsys, tiny):
     assert cli.main(["embed", "--model", TINY_MODEL, "--dimensions", "8", "hello", "world"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["index"] for line in lines] == [0, 1]
-    from tinyembed.engine.model import truncate_dimensions
+    from tinyembed.engine.families.bert import truncate_dimensions
 
     expected = truncate_dimensions(tiny.embed_texts(["hello", "world"]), 8)
     np.testing.assert_allclose(np.array([line["embedding"] for line in lines], np.float32), expected, atol=1e-7)

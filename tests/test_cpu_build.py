@@ -36,7 +36,7 @@ def libraries(cache: Path) -> list[Path]:
 
 @pytest.fixture
 def has_compiler():
-    from tinyembed.engine import cpu_build
+    from tinyembed.engine.build import cpu_compile as cpu_build
 
     try:
         cpu_build.find_compiler()
@@ -104,7 +104,7 @@ def test_a_built_library_that_does_not_load_falls_back_to_numpy(tmp_path):
 
 
 def test_cores_come_from_the_cgroup_quota_and_affinity(tmp_path, monkeypatch):
-    from tinyembed.engine import cpu_threads
+    from tinyembed.engine.build import cpu_threads
 
     (tmp_path / "cpu.max").write_text("150000 100000\n")
     assert cpu_threads.cgroup_quota_cores(tmp_path) == 1.5

@@ -1,4 +1,4 @@
-"""CUDA graphs for small token buckets and the overlapped upload (tinyembed/engine/cuda_graphs.py,
+"""CUDA graphs for small token buckets and the overlapped upload (tinyembed/engine/ops/cuda_graphs.py,
 CudaOps(overlap=True)): the same vectors as the eager path.
 
 TestPadding runs everywhere: the bucket choice, the padded layout, and (on the numpy ops) that a
@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyembed.engine import ops_cuda
+from tinyembed.engine.ops import cuda_ops as ops_cuda
 from tinyembed.engine.backend import Engine
-from tinyembed.engine.cuda_graphs import TOKEN_BUCKETS, bucket_for, padded_inputs
-from tinyembed.engine.model import Batch, EncoderModel
-from tinyembed.engine.ops_numpy import NumpyOps
-from tinyembed.engine.spec import ModelSpec
-from tinyembed.engine.weights import load_params
+from tinyembed.engine.ops.cuda_graphs import TOKEN_BUCKETS, bucket_for, padded_inputs
+from tinyembed.engine.families.bert import Batch, EncoderModel
+from tinyembed.engine.ops.numpy_ops import NumpyOps
+from tinyembed.engine.families import read_spec
+from tinyembed.engine.checkpoints.weights import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {name: ROOT / "tests" / "fixtures" / name for name in ("tiny-bert-fp32", "tiny-xlmr-fp32")}
@@ -67,7 +67,7 @@ class TestPadding:
         """Padding tokens outside every sequence and empty trailing sequences leave the real
         vectors unchanged (numpy ops; pooling restricted to the real sequences as the CUDA pool
         kernel does by reading cu_seqlens[i]..cu_seqlens[i+1])."""
-        spec = ModelSpec.from_dir(TINY[fixture])
+        spec = read_spec(TINY[fixture])
         ops = _SequenceBoundPool()
         model = EncoderModel(spec, load_params(spec), ops)
         rng = np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
@@ -100,7 +100,7 @@ class _SequenceBoundPool(NumpyOps):
 
 # -- on a GPU ----------------------------------------------------------------------------------------
 def gpu_engine(path: Path, dtype: str, **flags) -> Engine:
-    spec = ModelSpec.from_dir(path)
+    spec = read_spec(path)
     return Engine(path.name, spec, ops_cuda.CudaOps(0, dtype, **flags))
 
 
@@ -113,7 +113,7 @@ def models():
     """The tiny fixtures (head_dim 8: the naive attention kernel) and MiniLM when it resolves
     (head_dim 32: the tensor-core kernel), as on the device check."""
     from tinyembed.common.errors import TinyEmbedError
-    from tinyembed.engine.registry import resolve
+    from tinyembed.engine.checkpoints.registry import resolve
 
     found = [TINY["tiny-bert-fp32"], TINY["tiny-xlmr-fp32"]]
     for name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):

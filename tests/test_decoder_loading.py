@@ -11,7 +11,7 @@ from safetensors.numpy import load_file, save_file
 
 from tinyembed.common.errors import ModelLoadError
 from tinyembed.engine import load_engine
-from tinyembed.engine.tensor_reader import CheckpointReader
+from tinyembed.engine.checkpoints.tensor_reader import CheckpointReader
 
 from engine_fixtures import FIXTURES
 

@@ -13,8 +13,9 @@ import pytest
 
 from conftest import TINY_MODEL
 from tinyembed.common.errors import TinyEmbedError
-from tinyembed.engine import expand_devices, ops_cuda
-from tinyembed.engine.ops_numpy import NumpyOps
+from tinyembed.engine import expand_devices
+from tinyembed.engine.ops import cuda_ops as ops_cuda
+from tinyembed.engine.ops.numpy_ops import NumpyOps
 from tinyembed.scheduler import Scheduler
 from tinyembed.scheduler.devices import DevicePool, load_on_devices
 

@@ -132,3 +132,45 @@ def test_docs_page_sends_the_api_key_it_is_given(browser, keyed_server, tiny):
     matrix = embed_on_page(browser, TEXTS[:3], "tiny")
     vectors = tiny.embed_texts(TEXTS[:3])
     np.testing.assert_allclose(matrix, vectors @ vectors.T, atol=1e-5)
+
+
+# -- rerank and output_dtype (issue 29) -------------------------------------------------------------
+
+RERANKER = "tests/fixtures/tiny-reranker-bert"
+
+
+@pytest.fixture(scope="module")
+def rerank_server(tmp_path_factory):
+    proc = start_server(tmp_path_factory, "docs-rerank", ["--model", f"tiny={TINY_MODEL}", "--model", f"rr={RERANKER}"])
+    yield proc
+    assert proc.stop() == 0, proc.log()
+
+
+def test_docs_page_reranks_and_shows_quantized_bytes(browser, rerank_server):
+    browser.get(f"{rerank_server.url}/docs")
+    wait_for(browser, lambda: model_ids(browser) == ["tiny"], "the embedding models (the reranker apart)")
+    rerankers = [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "reranker")).options]
+    assert rerankers == ["rr"]
+    routes = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#routes tr")]
+    assert any(row.startswith("POST /v1/rerank") for row in routes), routes
+    box = browser.find_element(By.ID, "texts")
+    box.clear()
+    box.send_keys("\n".join(TEXTS))
+    query = browser.find_element(By.ID, "query")
+    query.clear()
+    query.send_keys("a cat on a rug")
+    browser.find_element(By.ID, "rerank").click()
+    items = wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#ranking li"), "the ranking")
+    api = rerank_server.request("POST", "/v1/rerank", {"model": "rr", "query": "a cat on a rug",
+                                                       "documents": TEXTS}).json()["results"]
+    assert [int(i.get_attribute("data-index")) for i in items] == [r["index"] for r in api]
+    np.testing.assert_allclose([float(i.get_attribute("data-score")) for i in items],
+                               [r["relevance_score"] for r in api], atol=1e-6)
+
+    Select(browser.find_element(By.ID, "dtype")).select_by_visible_text("ubinary")
+    browser.find_element(By.ID, "embed").click()
+    shown = wait_for(browser, lambda: browser.find_element(By.ID, "quantized").text, "the quantized bytes")
+    packed = rerank_server.request("POST", "/v1/embeddings", {"model": "tiny", "input": TEXTS,
+                                                              "output_dtype": "ubinary"}).json()["data"]
+    assert shown.splitlines()[0] == f"#1 ubinary, 4 bytes: [{', '.join(map(str, packed[0]['embedding']))}]"
+    assert browser.find_elements(By.CSS_SELECTOR, "#matrix td") == []

@@ -9,11 +9,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tinyembed.engine import Engine, registry
-from tinyembed.engine.model import EncoderModel
-from tinyembed.engine.ops_numpy import NumpyOps
-from tinyembed.engine.spec import ModelSpec
-from tinyembed.engine.weights import load_params
+from tinyembed.engine import Engine
+from tinyembed.engine.checkpoints import registry
+from tinyembed.engine.families.bert import EncoderModel
+from tinyembed.engine.ops.numpy_ops import NumpyOps
+from tinyembed.engine.families import read_spec
+from tinyembed.engine.checkpoints.weights import load_params
 
 from engine_fixtures import FIXTURES, TINY_MODELS, minilm_golden, tiny_expected, tiny_texts
 
@@ -23,13 +24,13 @@ def ops(request):
     if request.param == "numpy":
         return NumpyOps(threads=2)
     from test_ops_c import _library
-    from tinyembed.engine.ops_c import COps
+    from tinyembed.engine.ops.c_ops import COps
 
     return COps(_library(), threads=2)
 
 
 def load_engine(model: str, ops) -> Engine:
-    return Engine(model, ModelSpec.from_dir(registry.resolve(model)), ops)
+    return Engine(model, read_spec(registry.resolve(model)), ops)
 
 
 @pytest.fixture(scope="module")

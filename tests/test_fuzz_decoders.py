@@ -9,7 +9,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinyembed.engine import textcap
+from tinyembed.engine.text import textcap
 from tinyembed.jobs import files as batch_files
 from tinyembed.jobs import format as fmt
 from tinyembed.server.limits import MAX_MESSAGE_CHARS
@@ -86,8 +86,6 @@ def test_jsonl_upload_check_is_a_400_or_accepts(parts):
 
 @FUZZ
 @given(st.text(max_size=600), st.integers(1, 500))
-def test_cut_is_a_prefix_that_ends_before_whitespace(text, limit):
+def test_cut_is_a_prefix_of_at_most_limit_characters(text, limit):
     cut = textcap.cut(text, limit)
-    assert text.startswith(cut) and len(cut) <= limit
-    if cut is not text and len(cut) < limit and len(text) > len(cut):
-        assert text[len(cut)].isspace()
+    assert text.startswith(cut) and len(cut) == min(limit, len(text))

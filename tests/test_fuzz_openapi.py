@@ -14,6 +14,7 @@ from schemathesis import checks  # noqa: E402
 from conftest import TINY_MODEL, start_server  # noqa: E402
 
 KEY = "k-fuzz"
+RERANKER = "tests/fixtures/tiny-reranker-bert"  # /v1/rerank and /rerank are fuzzed too (issue 29)
 CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
           checks.response_schema_conformance, checks.negative_data_rejection]
 
@@ -21,7 +22,7 @@ CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.cont
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory):
     proc = start_server(tmp_path_factory, "fuzzed", [
-        "--model", f"tiny={TINY_MODEL}", "--api-key", f"{KEY}:fuzz", "--data-dir",
+        "--model", f"tiny={TINY_MODEL}", "--model", f"rr={RERANKER}", "--api-key", f"{KEY}:fuzz", "--data-dir",
         str(tmp_path_factory.mktemp("fuzz-data")), "--no-access-log"])
     yield proc
     assert proc.stop() == 0, proc.log()

@@ -22,7 +22,7 @@ from safetensors import safe_open
 
 from bench.gpu_check_summary import summarize
 from bench.gpu_prep import HF_ID, hf_snapshot
-from tinyembed.engine.registry import _hf_snapshot
+from tinyembed.engine.checkpoints.registry import _hf_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {"summary.json", "check.log", "pytest.log", "serve.log", "serve.json", "bench.log", "bench.json"}

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyembed.engine import ops_cuda
+from tinyembed.engine.ops import cuda_ops as ops_cuda
 from tinyembed.engine import load_engine, make_ops
 from tinyembed.common.errors import TinyEmbedError
-from tinyembed.engine.registry import resolve
+from tinyembed.engine.checkpoints.registry import resolve
 
 _REASON = ops_cuda.unavailable_reason()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None, reason=f"needs a CUDA GPU: {_REASON}")]

@@ -23,11 +23,11 @@ import zlib
 import numpy as np
 import pytest
 
-from tinyembed.engine import ops_cuda
+from tinyembed.engine.ops import cuda_ops as ops_cuda
 from tinyembed.engine import make_ops
 from tinyembed.common.errors import TinyEmbedError
-from tinyembed.engine.model import Batch
-from tinyembed.engine.ops_numpy import NumpyOps
+from tinyembed.engine.families.bert import Batch
+from tinyembed.engine.ops.numpy_ops import NumpyOps
 
 _REASON = ops_cuda.unavailable_reason()
 needs_gpu = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None, reason=f"needs a CUDA GPU: {_REASON}")]
@@ -294,7 +294,7 @@ class TestWithoutGpu:
         assert run.returncode != 0 and "error: bad kernel" in run.stderr
 
     def test_importing_ops_cuda_does_not_import_cupy(self):
-        code = "import sys, tinyembed.engine.ops_cuda, tinyembed.engine; print('cupy' in sys.modules)"
+        code = "import sys, tinyembed.engine.ops.cuda_ops, tinyembed.engine; print('cupy' in sys.modules)"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         assert out.stdout.strip() == "False"
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinyembed.engine import Engine, load_engine, ops_cuda
-from tinyembed.engine.ops_numpy import NumpyOps
-from tinyembed.engine.ops_numpy_decoder import rope_table
+from tinyembed.engine import Engine, load_engine
+from tinyembed.engine.ops import cuda_ops as ops_cuda
+from tinyembed.engine.ops.numpy_ops import NumpyOps
+from tinyembed.engine.ops.numpy_decoder import rope_table
 
 from engine_fixtures import FIXTURES, TINY_DECODERS
 

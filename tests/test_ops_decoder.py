@@ -9,9 +9,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from tinyembed.engine import ops_numpy_decoder
-from tinyembed.engine.ops_numpy import NumpyOps
-from tinyembed.engine.ops_numpy_decoder import rope_table
+from tinyembed.engine.ops import numpy_decoder as ops_numpy_decoder
+from tinyembed.engine.ops.numpy_ops import NumpyOps
+from tinyembed.engine.ops.numpy_decoder import rope_table
 
 from engine_fixtures import FIXTURES
 

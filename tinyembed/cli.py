@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from tinyembed import __version__
-from tinyembed.engine import registry
+from tinyembed.engine.checkpoints import registry
 from tinyembed.server.auth import keys_from_env, read_key_file
 from tinyembed.server.config import LOG_FORMATS, BatchSettings, HttpLimits, ModelSource, RateLimits, RequestLimits, ServerConfig
 
@@ -45,15 +45,20 @@ SERVE_OPTIONS = {
     "--request-timeout": (float, "seconds a request may wait for its batch; 408 after"),
     "--rate-limit-rpm": (int, "requests per minute per API key (per client address without keys); 0 = off"),
     "--rate-limit-tpm": (int, "tokens per minute per API key (per client address without keys); 0 = off"),
-    "--max-connections": (int, "open connections; 503 beyond"),
+    "--max-connections": (int, "open connections; at the cap the oldest idle one is closed for a new one"),
     "--header-timeout": (float, "seconds to receive a request's headers"),
     "--body-timeout": (float, "seconds to receive a request's body"),
     "--write-timeout": (float, "seconds a reply may wait for a client that does not read it; the connection is "
                                "cut after"),
     "--send-buffer-bytes": (int, "reply bytes buffered per connection before reading from it pauses"),
     "--idle-timeout": (float, "seconds an idle keep-alive connection stays open"),
+    "--first-byte-timeout": (float, "seconds a new connection may stay silent before its first byte"),
     "--shutdown-timeout": (float, "seconds SIGTERM waits for in-flight requests"),
     "--api-key-file": (str, "file with one API key per line (KEY or KEY:PROJECT)"),
+    "--metrics-key": (str, "Bearer key that GET /metrics requires (API keys do not open it); unset: /metrics "
+                           "is open"),
+    "--metrics-label-secret": (str, "secret of the HMAC that names API keys in /metrics usage labels; unset: a "
+                                    "random one per start (labels change at restart)"),
     "--log-format": (str, " | ".join(LOG_FORMATS)),
     "--log-level": (str, "debug | info | warning | error"),
     "--loop": (str, "auto (uvloop when installed) | uvloop | asyncio"),
@@ -67,7 +72,8 @@ SERVE_OPTIONS = {
 # flag -> its config field, where the names differ; the default shown in --help is read from there
 CONFIG_FIELDS = {"--rate-limit-rpm": "requests_per_minute", "--rate-limit-tpm": "tokens_per_minute",
                  "--loop": "event_loop"}
-FLAG_DEFAULTS = {"--log-level": "info", "--api-key-file": None}
+FLAG_DEFAULTS = {"--log-level": "info", "--api-key-file": None, "--metrics-key": None,
+                 "--metrics-label-secret": None}
 SERVE_REPEATABLE = {
     "--model": "NAME=PATH or PATH: a model directory, bundled name or cached HF repo id "
                "(repeatable; default all-MiniLM-L6-v2)",
@@ -205,7 +211,7 @@ def server_config(args: argparse.Namespace, environ=os.environ) -> tuple[ServerC
         tokenizer_threads=v["tokenizer_threads"], max_batch_tokens=v["max_batch_tokens"],
         max_batch_latency=v["max_batch_latency"],
         max_batch_sequences=v["max_batch_sequences"], log_format=v["log_format"], shutdown_timeout=v["shutdown_timeout"], event_loop=v["loop"],
-        batching=v["batching"],
+        batching=v["batching"], metrics_key=v["metrics_key"], metrics_label_secret=v["metrics_label_secret"],
     ).items() if val is not None},
         models=model_sources(v["model"], v["served_model_name"]),
         api_keys=tuple(keys),

@@ -200,8 +200,13 @@ def random_model(family: str, vocab_size: int) -> torch.nn.Module:
     swapped or missing terms; redraw everything so each parameter matters."""
     torch.manual_seed(SEED)
     cls = BertModel if family == "bert" else XLMRobertaModel
-    model = cls(model_config(family, vocab_size)).eval()
-    gen = torch.Generator().manual_seed(SEED)
+    return redraw(cls(model_config(family, vocab_size)).eval(), SEED)
+
+
+def redraw(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every parameter from a seeded normal: LayerNorm gains near 1, small biases, and matrices
+    and embedding tables at 0.2 (~1/sqrt(fan_in) keeps activations O(1))."""
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen)
@@ -209,7 +214,7 @@ def random_model(family: str, vocab_size: int) -> torch.nn.Module:
                 p.copy_(1.0 + 0.2 * noise)
             elif name.endswith("bias"):
                 p.copy_(0.1 * noise)
-            else:  # matrices and embedding tables: ~1/sqrt(fan_in) keeps activations O(1)
+            else:
                 p.copy_(0.2 * noise)
     return model
 

@@ -7,7 +7,7 @@
 // (sequence, head) pairs numbered s * heads + h; a call runs items item_begin..item_end-1, so
 // callers' threads split the batch (ctypes releases the GIL). Returns 0, or -1 when the
 // scratch allocation fails, -2 for a head size above TE_MAX_HEAD_DIM.
-// Numpy twin: NumpyOps.attention (ops_numpy.py: per sequence, batched per-head GEMMs through a
+// Numpy twin: NumpyOps.attention (ops/numpy_ops.py: per sequence, batched per-head GEMMs through a
 // (heads, rows, L) score buffer). CUDA twin: kernels/cuda/attention.cu.
 //
 // Versions, simple to fast:

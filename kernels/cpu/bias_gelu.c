@@ -7,7 +7,7 @@
 // Exact (erf) GELU as BERT and XLM-R use, to float32 rounding: the erf below is a minimax
 // polynomial pair (after N. Juffa's erff, <= 1 ulp), and in its tail Phi is formed from
 // erfc = e^p directly, so negative inputs keep their relative precision (no 1 + erf cancellation).
-// Numpy twin: NumpyOps.bias_gelu (ops_numpy.py: a table of gelu - relu read by interpolation,
+// Numpy twin: NumpyOps.bias_gelu (ops/numpy_ops.py: a table of gelu - relu read by interpolation,
 // ten numpy passes per row block). CUDA twin: kernels/cuda/gelu.cu.
 //
 // Versions, simple to fast:

@@ -4,7 +4,7 @@
 //
 // Shapes: y, residual (T, H); bias, ln_w, ln_b (H,); float32, rows contiguous. Rows
 // row_begin..row_end-1 only (callers' threads split T).
-// Numpy twin: NumpyOps.bias_residual_layernorm (ops_numpy.py): += bias, += residual, mean,
+// Numpy twin: NumpyOps.bias_residual_layernorm (ops/numpy_ops.py): += bias, += residual, mean,
 // subtract, einsum, scale, *w, +b: eight passes. CUDA twin: kernels/cuda/layernorm.cu.
 //
 // Versions, simple to fast:

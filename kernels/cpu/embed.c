@@ -5,7 +5,7 @@
 // Shapes: ids, pos (T,) int32; word (V, H), position (P, H), type0 (H,), ln_w, ln_b (H,);
 // out (T, H), all float32, rows contiguous. Rows row_begin..row_end-1 only, so that callers'
 // threads can split T (ctypes releases the GIL for the call).
-// Numpy twin: NumpyOps.embed in tinyembed/engine/ops_numpy.py (gather, +=, +=, LayerNorm: four
+// Numpy twin: NumpyOps.embed in tinyembed/engine/ops/numpy_ops.py (gather, +=, +=, LayerNorm: four
 // passes over (T, H)). CUDA twin: kernels/cuda/embed.cu.
 //
 // Versions, simple to fast:

@@ -5,7 +5,7 @@
 //
 // Shapes: hidden (T, H) float32; cu_seqlens (n+1,) int32; out (n, H) float32. mode: 0 cls,
 // 1 mean, 2 last (as ops_cuda.POOL_MODES). Sequences seq_begin..seq_end-1 only.
-// Numpy twin: NumpyOps.pool_normalize (ops_numpy.py). CUDA twin: kernels/cuda/pool.cu.
+// Numpy twin: NumpyOps.pool_normalize (ops/numpy_ops.py). CUDA twin: kernels/cuda/pool.cu.
 //
 // Versions, simple to fast:
 //   pool_normalize_naive  scalar, sums in double.

@@ -6,7 +6,7 @@
 // Shapes: qkv (T, 3H) T, the fused projection: row t is [Q | K | V], head h of each at columns
 // h*D .. h*D+D-1 of its third; out (T, H) T; cu_seqlens (n+1,) int32. No padding and no mask:
 // a query sees exactly the keys of its own sequence. Softmax and accumulation in float32.
-// Numpy twin: NumpyOps.attention in tinyembed/ops_numpy.py.
+// Numpy twin: NumpyOps.attention in tinyembed/engine/ops/numpy_ops.py.
 //
 // Versions, simple to fast:
 //   attention_naive   one warp per (query token, head). Each lane owns D/32 of the head's

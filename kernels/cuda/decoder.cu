@@ -1,5 +1,5 @@
 // decoder.cu: the decoder families' row and elementwise ops. Numpy twins (same names, same
-// arguments): DecoderNumpyOps in engine/ops_numpy_decoder.py; host side: ops_cuda_decoder.py.
+// arguments): DecoderNumpyOps in engine/ops/numpy_decoder.py; host side: ops/cuda_decoder.py.
 //
 //   embedding         out[t, :] = table[ids[t], :] * scale                  one block per token
 //   rmsnorm           out[t, :] = x[t, :] / sqrt(mean(x[t, :]^2) + eps) * w one block per row

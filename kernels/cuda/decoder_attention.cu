@@ -6,7 +6,7 @@
 // (RoPE already applied). GQA: query head h reads kv head g(h) = h / (nH / nKV). Mask: key k is
 // visible to query t of the same sequence when (not causal or k <= t) and (window <= 0 or
 // t - k < window). softcap > 0: s -> tanh(s / softcap) * softcap before the mask (Gemma2).
-// Numpy twin: DecoderNumpyOps.decoder_attention (ops_numpy_decoder.py).
+// Numpy twin: DecoderNumpyOps.decoder_attention (ops/numpy_decoder.py).
 //
 // Versions:
 //   decoder_attention  one warp per (query token, query head); the keys visited in order with

@@ -4,7 +4,7 @@
 //
 // Shapes: ids, positions (T,) int32; word (V, H) T; position (P, H) T; token_type0, ln_w, ln_b
 // (H,) float32; out (T, H) T. Sums, mean and variance in float32 (two passes, as numpy does).
-// Numpy twin: NumpyOps.embed in tinyembed/ops_numpy.py.
+// Numpy twin: NumpyOps.embed in tinyembed/engine/ops/numpy_ops.py.
 //
 // Versions, simple to fast:
 //   embed_naive  one block of 256 threads per token; every thread strides over the columns and

@@ -5,7 +5,7 @@
 //
 // Shapes: y (T, N) T, bias (N,) float32. Exact (erf) GELU in float32, as BERT and XLM-R use;
 // CUDA's erff is accurate to 2 ulp, at least as close as the numpy twin's A&S 7.1.26 (1.5e-7).
-// Numpy twin: NumpyOps.bias_gelu in ops_numpy.py (bias_add is NumpyOps.linear's `y += b`).
+// Numpy twin: NumpyOps.bias_gelu in ops/numpy_ops.py (bias_add is NumpyOps.linear's `y += b`).
 //
 // Versions, simple to fast:
 //   *_naive  one thread per element, grid-stride loop, one 2-byte load and store each.

@@ -4,7 +4,7 @@
 //
 // Shapes: y, residual (T, H) T; bias, ln_w, ln_b (H,) float32. The sum is formed in float32 and
 // never rounded to T before the statistics: mean and centred variance in float32, two passes
-// over values held on chip. Numpy twin: NumpyOps.bias_residual_layernorm in ops_numpy.py.
+// over values held on chip. Numpy twin: NumpyOps.bias_residual_layernorm in ops/numpy_ops.py.
 //
 // Versions, simple to fast:
 //   bias_residual_layernorm_naive  one block of 256 threads per row, column-strided scalar

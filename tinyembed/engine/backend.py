@@ -12,13 +12,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinyembed.engine import registry
 from tinyembed.common.errors import ModelLoadError, TinyEmbedError
-from tinyembed.engine.families import decoder_family
-from tinyembed.engine.model import Batch, EncoderModel, truncate_dimensions
-from tinyembed.engine.spec import ModelSpec
-from tinyembed.engine.tokenize import Tokenizer
-from tinyembed.engine.weights import load_params
+from tinyembed.engine.checkpoints import registry
+from tinyembed.engine.checkpoints.spec import ModelSpec
+from tinyembed.engine.checkpoints.weights import load_params
+from tinyembed.engine.families import decoder_family, read_spec
+from tinyembed.engine.families.bert import Batch, EncoderModel, truncate_dimensions
+from tinyembed.engine.text.tokenize import Tokenizer
+# issue 29: rerankers (cross-encoders) and quantized outputs
+from tinyembed.engine import quantize
+from tinyembed.engine.families.cross_encoder import CrossEncoderModel, is_cross_encoder, type_offset
+from tinyembed.engine.text.pairs import PairTokenizer
 
 log = logging.getLogger("tinyembed")
 
@@ -34,16 +38,19 @@ class ModelInfo:
     device: str
     prompts: dict[str, str] = field(default_factory=dict)
     kernels: str = ""  # which kernels run: "c" or "numpy" on the CPU, "cuda" on a GPU
+    task: str = "embeddings"  # "rerank" for a cross-encoder: its `dimensions` is its one output label
 
 
 class Engine:
     def __init__(self, name: str, spec: ModelSpec, ops):
         self.spec = spec
-        self.tokenizer = Tokenizer(spec)
-        self.model = build_model(spec, ops)
+        reranker = is_cross_encoder(spec)  # issue 29: pairs in, one logit out
+        self.tokenizer = PairTokenizer(spec, type_offset(spec)) if reranker else Tokenizer(spec)
+        self.model = CrossEncoderModel(spec, ops) if reranker else build_model(spec, ops)
+        self._calibration: quantize.Calibration | None = None
         self.info = ModelInfo(
             name=name,
-            dimensions=spec.hidden_size,
+            dimensions=self.model.num_labels if reranker else spec.hidden_size,
             max_input_tokens=spec.max_seq_length,
             vocab_size=spec.vocab_size,
             family=spec.family,
@@ -51,6 +58,7 @@ class Engine:
             device=ops.name,
             prompts=dict(spec.prompts),
             kernels=getattr(ops, "kernels", ops.name),
+            task="rerank" if reranker else "embeddings",
         )
 
     def pack(self, sequences: list[np.ndarray]) -> Batch:
@@ -66,6 +74,20 @@ class Engine:
         """Matryoshka `dimensions`: the first N components of each vector, renormalized to unit
         length; None (or the native size) leaves the vectors as they are."""
         return truncate_dimensions(vectors, dimensions)
+
+    # -- quantized outputs (issue 29; engine/quantize.py) ---------------------------------------
+    @property
+    def calibration(self) -> quantize.Calibration:
+        """The int8/uint8 calibration, computed on first use (load_engine does it at load)."""
+        if self._calibration is None:
+            self._calibration = quantize.load_or_calibrate(self.spec.path, self.embed_texts)
+        return self._calibration
+
+    def quantize(self, vectors: np.ndarray, output_dtype: str, dimensions: int | None = None) -> np.ndarray:
+        """`output_dtype` of vectors already cut to `dimensions`: float32, int8/uint8 or packed bits."""
+        if output_dtype == "float":
+            return vectors
+        return self.calibration.quantize(vectors, output_dtype, dimensions)
 
     def embed_sequences(self, sequences: list[np.ndarray], max_batch_tokens: int = 16384,
                         dimensions: int | None = None) -> np.ndarray:
@@ -117,31 +139,31 @@ def build_model(spec: ModelSpec, ops):
 def make_ops(device: str = "cpu", dtype: str | None = None, threads: int | None = None):
     """Ops for a device: "cpu", "cuda", "cuda:N", or "auto" (CUDA when CuPy sees a GPU)."""
     if device == "auto":
-        from tinyembed.engine import ops_cuda
+        from tinyembed.engine.ops import cuda_ops
 
-        if ops_cuda.available():
+        if cuda_ops.available():
             try:
-                return ops_cuda.CudaOps(0, dtype or "float16")
+                return cuda_ops.CudaOps(0, dtype or "float16")
             except TinyEmbedError as exc:  # a GPU is there but the kernels cannot run on it
                 log.warning("--device auto: %s; running on the CPU", exc)
         device = "cpu"
     if device == "cpu":
         if dtype not in (None, "float32"):
             raise TinyEmbedError(f"--dtype {dtype} needs a GPU; the CPU path computes in float32")
-        from tinyembed.engine.ops_c import make_cpu_ops
+        from tinyembed.engine.ops.c_ops import make_cpu_ops
 
         return make_cpu_ops(threads)  # C kernels when they build, else numpy (logged)
     if "," in device or device == "cuda:all":
         raise TinyEmbedError(f"--device {device}: one engine runs on one device; several GPUs are for "
                              "`tinyembed serve` (and `tinyembed embed --ray`: one actor per GPU)")
     if device == "cuda" or device.startswith("cuda:"):
-        from tinyembed.engine import ops_cuda
+        from tinyembed.engine.ops import cuda_ops
 
         index = device.partition(":")[2] or "0"
         if not index.isdigit():
             raise TinyEmbedError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto")
         index = int(index)
-        return ops_cuda.CudaOps(index, dtype or "float16")
+        return cuda_ops.CudaOps(index, dtype or "float16")
     raise TinyEmbedError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto")
 
 
@@ -149,11 +171,11 @@ def expand_devices(device: str) -> list[str]:
     """A --device value -> the devices it names: "cuda:0,cuda:1" -> both, "cuda:all" -> every GPU
     CuPy sees, anything else -> itself (make_ops checks it)."""
     if device == "cuda:all":
-        from tinyembed.engine import ops_cuda
+        from tinyembed.engine.ops import cuda_ops
 
-        count = ops_cuda.device_count()
+        count = cuda_ops.device_count()
         if count == 0:
-            raise TinyEmbedError(f"--device cuda:all: {ops_cuda.unavailable_reason() or 'no CUDA device'}")
+            raise TinyEmbedError(f"--device cuda:all: {cuda_ops.unavailable_reason() or 'no CUDA device'}")
         return [f"cuda:{i}" for i in range(count)]
     devices = [d.strip() for d in device.split(",")]
     if len(devices) > 1:
@@ -169,5 +191,8 @@ def expand_devices(device: str) -> list[str]:
 def load_engine(model: str = registry.DEFAULT_MODEL, name: str | None = None, device: str = "cpu",
                 dtype: str | None = None, threads: int | None = None) -> Engine:
     path = registry.resolve(model)
-    spec = ModelSpec.from_dir(path)
-    return Engine(name or model, spec, make_ops(device, dtype, threads))
+    spec = read_spec(path)
+    engine = Engine(name or model, spec, make_ops(device, dtype, threads))
+    if engine.info.task == "embeddings":
+        engine.calibration  # noqa: B018 -- int8 ranges before serving: no compute races a batch later
+    return engine

@@ -154,8 +154,9 @@ class JobRunner:
     def __init__(self, store: Store, runner, find_engine, *, max_inputs: int, max_tokens: int,
                  auto_truncate: bool = False, max_requests: int = 50_000, retention_seconds: float = 0,
                  chunk_lines: int = 256, chunk_bytes: int = 1 << 20, piece_tokens: int | None = None,
-                 pieces_in_flight: int = 2, parallel_chunks: int = 2, pool=None):
+                 pieces_in_flight: int = 2, parallel_chunks: int = 2, pool=None, label=None):
         self.store, self.runner, self.find_engine = store, runner, find_engine
+        self.label = label or (lambda owner: owner)  # the owner as /metrics shows it (server/auth.py KeyLabels)
         self.max_inputs, self.max_tokens, self.auto_truncate = max_inputs, max_tokens, auto_truncate
         self.max_requests, self.retention_seconds = max_requests, retention_seconds
         self.chunk_lines, self.chunk_bytes, self.piece_tokens = chunk_lines, chunk_bytes, piece_tokens
@@ -341,7 +342,7 @@ class JobRunner:
         async with self._pieces:
             while True:
                 try:
-                    return await self.runner.embed(engine, piece, tier=TIER, deadline=None, key=owner)
+                    return await self.runner.embed(engine, piece, tier=TIER, deadline=None, key=self.label(owner))
                 except Overloaded as exc:  # interactive traffic fills the queue: wait our turn
                     await asyncio.sleep(min(max(exc.retry_after, 0.05), 5.0))
 

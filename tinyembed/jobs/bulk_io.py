@@ -248,6 +248,7 @@ class NpyWriter(Writer):
         """records[i] -> items[i] (its validated request) -> vectors[i] (its rows; None if it failed)."""
         rows = [item.engine.with_dimensions(v, item.request.dimensions) for item, v in zip(items, vectors)]
         for item, block in zip(items, rows):
+            _float_only(item, "a .npy output")
             if block.shape[1] != self.dims:
                 raise BulkError(f"line {item.line}: asks for {block.shape[1]} dimensions; this .npy output holds "
                                 f"{self.dims} per row")
@@ -261,7 +262,8 @@ class JsonlWriter(Writer):
     def write(self, job, records, items, vectors) -> None:
         out = []
         for record, item, block in zip(records, items, vectors):
-            rows = item.engine.with_dimensions(block, item.request.dimensions).tolist()
+            rows = item.engine.with_dimensions(block, item.request.dimensions)
+            rows = item.engine.quantize(rows, item.request.output_dtype or "float", item.request.dimensions).tolist()
             for index, (seq, row) in enumerate(zip(item.sequences, rows)):
                 entry = {"line": item.line}
                 if record.id is not None:
@@ -293,6 +295,7 @@ class ParquetWriter(Writer):
             self.rows["line"].append(item.line)
             self.rows["id"].append(record.id)
             self.rows["tokens"].append(len(item.sequences[0]))
+            _float_only(item, "a parquet output")
             self.vectors.append(item.engine.with_dimensions(block, item.request.dimensions)[0])
         self.with_id = job.args.id_field is not None
 
@@ -309,3 +312,10 @@ class ParquetWriter(Writer):
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dims)
         pq.write_table(pa.table(columns), self.file)
         return self.file.getvalue()
+
+
+def _float_only(item, output: str) -> None:
+    """issue 29: a line's output_dtype is kept where the output can hold it (jsonl, batch), refused elsewhere."""
+    if (item.request.output_dtype or "float") != "float":
+        raise BulkError(f"line {item.line}: output_dtype {item.request.output_dtype} needs a .jsonl output; "
+                        f"{output} holds float32 vectors")

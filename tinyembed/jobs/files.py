@@ -14,6 +14,7 @@ import re
 
 import msgspec
 
+from tinyembed.server.limits import query_int
 from tinyembed.server.protocol import ApiError
 
 PURPOSES = ("batch",)  # what may be uploaded; batch results get "batch_output"
@@ -104,11 +105,9 @@ def _expires_after(parts: dict[str, Part]) -> int | None:
         return None
     if anchor is None or anchor.data.strip() != b"created_at":
         raise ApiError(400, "invalid_request", "expires_after[anchor] must be 'created_at'.", "expires_after")
-    try:
-        value = int(seconds.data) if seconds is not None else -1
-    except ValueError:
-        value = -1
-    if not MIN_EXPIRY <= value <= MAX_EXPIRY:
+    # ASCII digits only, as for query integers: int() would also take '3_600', '+3600', ' 3600 ', '٣٦٠٠'
+    value = None if seconds is None else query_int(seconds.data.decode("latin-1"), -1, MIN_EXPIRY, MAX_EXPIRY)
+    if value is None:
         raise ApiError(400, "invalid_request", f"expires_after[seconds] must be an integer between {MIN_EXPIRY} and "
                        f"{MAX_EXPIRY}.", "expires_after")
     return value

@@ -103,6 +103,9 @@ def validate_body(item: LineRequest, body: bytes, find_engine, max_inputs: int, 
     try:
         req = item.request = decode_request(body, EmbeddingRequest)
         item.engine = engine = find_engine(req.model)
+        if engine.info.task != "embeddings":  # issue 29: a reranker has no embeddings
+            raise ApiError(400, "invalid_request", f"Model '{req.model}' is a reranker; a batch line asks for "
+                           "embeddings.", "model")
         if req.dimensions is not None and req.dimensions > engine.info.dimensions:
             raise ApiError(400, "invalid_request", f"'dimensions' must be between 1 and {engine.info.dimensions} "
                            f"for model '{req.model}'.", "dimensions")
@@ -167,6 +170,7 @@ def _tokenize_one(item: LineRequest) -> None:
 def response_body(item: LineRequest, vectors: np.ndarray, tier: str) -> bytes:
     req = item.request
     vectors = item.engine.with_dimensions(vectors, req.dimensions)
+    vectors = item.engine.quantize(vectors, req.output_dtype or "float", req.dimensions)  # issue 29
     return encode_embeddings(vectors, req.encoding_format == "base64", req.model, item.tokens, tier)
 
 

@@ -64,7 +64,8 @@ class BatchApi:
         self.jobs = batch_jobs.JobRunner(
             self.store, app.runner, self.find_engine, max_inputs=limits.max_inputs,
             max_tokens=limits.max_tokens_per_request, auto_truncate=app.config.auto_truncate,
-            max_requests=max_requests, retention_seconds=retention_seconds, pool=app.pool, **job_options)
+            max_requests=max_requests, retention_seconds=retention_seconds, pool=app.pool,
+            label=getattr(app, "label", None), **job_options)
         self._sweeper: asyncio.Task | None = None
         self.routes = {
             "/v1/files": {"GET": self.list_files, "POST": self.upload},
@@ -162,11 +163,11 @@ class BatchApi:
 
     async def delete_file(self, request: Request, ctx, id: str) -> Response:
         await self._file(id, ctx)
-        user = await self.store.call(self.store.file_in_use, id)
-        if user is not None:
-            raise ApiError(400, "invalid_request", f"File {id} is the input of batch {user}, which is not finished; "
-                           "cancel the batch or wait for it first.", "id")
-        if not await self.store.call(self.store.delete_file, id):
+        outcome = await self.store.call(self.store.delete_unused_file, id)  # one transaction: see create_batch
+        if isinstance(outcome, str):
+            raise ApiError(400, "invalid_request", f"File {id} is the input of batch {outcome}, which is not "
+                           "finished; cancel the batch or wait for it first.", "id")
+        if not outcome:
             raise ApiError(404, "not_found", f"No such File object: {echo(id)}", "id")
         return _json({"id": id, "object": "file", "deleted": True})
 
@@ -180,7 +181,11 @@ class BatchApi:
             raise ApiError(400, "invalid_request", f"File {req.input_file_id} has purpose {source['purpose']!r}; a "
                            "batch reads a file uploaded with purpose 'batch'.", "input_file_id")
         row = batch_jobs.new_batch_row(req, self.app.keys.owner(ctx.key), self.store.now())
-        row = await self.store.call(self.store.add_batch, row)
+        # The file is checked again in the insert's transaction: a delete of it at the same moment
+        # either comes first (this is 404) or finds the batch and is refused (400), never both 200.
+        row = await self.store.call(self.store.add_batch_on_file, row, self._owners(ctx))
+        if row is None:
+            raise ApiError(404, "not_found", f"No such File object: {echo(req.input_file_id)}", "input_file_id")
         self.jobs.wake()
         return _json(batch_jobs.batch_object(row))
 

@@ -218,6 +218,19 @@ class Store:
             self.file_path(file_id).unlink(missing_ok=True)
         return bool(deleted)
 
+    def delete_unused_file(self, file_id: str) -> str | bool:
+        """Delete a file unless an unfinished batch reads it, in one transaction (so a batch
+        created on it at the same moment either sees it deleted or keeps it): the id of that
+        batch, else whether a file was deleted."""
+        with self._tx():
+            user = self.file_in_use(file_id)
+            if user is not None:
+                return user
+            deleted = self.db.execute("DELETE FROM files WHERE id = ?", (file_id,)).rowcount
+        if deleted:
+            self.file_path(file_id).unlink(missing_ok=True)
+        return bool(deleted)
+
     def sweep(self, orphans: bool = False) -> list[str]:
         """Retention: delete expired files, except those an unfinished batch still reads.
         `orphans` (at start only): also delete bytes on disk without a row, left by a crash
@@ -238,6 +251,17 @@ class Store:
     # -- batches ----------------------------------------------------------------------------------
     def add_batch(self, row: dict) -> dict:
         with self._tx():
+            self._insert("batches", row)
+        return self.get_batch(row["id"])
+
+    def add_batch_on_file(self, row: dict, owners: tuple[str, ...] | None = None) -> dict | None:
+        """add_batch, only if its input file still exists (and `owners` may see it), checked in
+        the same transaction as the insert; None when it does not (deleted meanwhile)."""
+        clause, args = owned_by(owners)
+        with self._tx():
+            if self.db.execute(f"SELECT 1 FROM files WHERE id = ? AND {clause}",
+                               (row["input_file_id"], *args)).fetchone() is None:
+                return None
             self._insert("batches", row)
         return self.get_batch(row["id"])
 

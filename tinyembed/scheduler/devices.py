@@ -47,6 +47,13 @@ class DevicePool:
     def with_dimensions(self, vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
         return self.engines[0].with_dimensions(vectors, dimensions)
 
+    def quantize(self, vectors: np.ndarray, output_dtype: str, dimensions: int | None = None) -> np.ndarray:
+        return self.engines[0].quantize(vectors, output_dtype, dimensions)  # issue 29: output_dtype
+
+    @property
+    def calibration(self):
+        return self.engines[0].calibration
+
     def embed_sequences(self, sequences, max_batch_tokens: int = 16384, dimensions: int | None = None):
         return self.engines[0].embed_sequences(sequences, max_batch_tokens, dimensions)
 

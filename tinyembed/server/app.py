@@ -8,8 +8,11 @@ error envelope, so a client never sees a traceback (a bug is a 500 with a reques
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import math
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +20,9 @@ from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import unquote
 
-from tinyembed.server import openapi
+from tinyembed.server import openapi, rerank
 from tinyembed.server import limits as limits_
-from tinyembed.server.auth import ApiKeys
+from tinyembed.server.auth import ApiKeys, KeyLabels
 from tinyembed.server.limits import echo
 from tinyembed.server.memory import MemoryReturner
 from tinyembed.server.config import ModelSource, ServerConfig
@@ -27,8 +30,8 @@ from tinyembed.engine import Engine
 from tinyembed.common.errors import InputError, TinyEmbedError
 from tinyembed.server.http import Request, Response, Server, error_response
 from tinyembed.common.metrics import TOKEN_BUCKETS, Registry
-from tinyembed.server.protocol import (ApiError, EmbeddingRequest, ModelCard, ModelList, Status, TokenizeRequest,
-                       TokenizeResponse, Tokens, Usage, decode_request, encode, encode_embeddings,
+from tinyembed.server.protocol import (ApiError, EmbeddingRequest, ModelCard, ModelList, Quantization, Status,
+                       TokenizeRequest, TokenizeResponse, Tokens, Usage, decode_request, encode, encode_embeddings,
                        check_no_prompt_for_ids, parse_input, parse_texts)
 from tinyembed.server.ratelimit import RateLimited, RateLimiter
 from tinyembed.scheduler.runner import DeadlineExceeded, DirectRunner, Overloaded, Runner
@@ -39,9 +42,27 @@ log = logging.getLogger("tinyembed")
 access_log = logging.getLogger("tinyembed.access")
 
 JSON_TYPES = ("application/json",)
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})  # their bodies are read and dropped
 ENCODE_OFF_LOOP = 65536  # floats; bigger responses are encoded on a worker thread
 # /docs: a static page (routes, a box to try embeddings, a similarity matrix) that calls the API from the browser
 DOCS_PAGE = resources.files("tinyembed.server").joinpath("docs_page.html").read_bytes()
+
+
+def _docs_headers(page: bytes) -> tuple[tuple[str, str], ...]:
+    """Security headers of /docs: its own inline script and style run (by hash), nothing else
+    loads, it talks only to this server, and no other site may frame it (clickjacking: the page
+    holds the key a user typed)."""
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rb"<%s>(.*?)</%s>" % (tag.encode(), tag.encode()), page, re.S)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b).digest()).decode()}'" for b in blocks)
+    policy = (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+              "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return (("Content-Security-Policy", policy), ("X-Frame-Options", "DENY"),
+            ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"),
+            ("Cache-Control", "no-cache"))
+
+
+DOCS_HEADERS = _docs_headers(DOCS_PAGE)
 
 
 @dataclass
@@ -84,6 +105,8 @@ class App:
     def __init__(self, config: ServerConfig, runner: Runner | None = None, loader=load_models, mounts=()):
         self.config = config
         self.keys = ApiKeys(config.api_keys)
+        self.label = KeyLabels(config.metrics_label_secret)  # how /metrics names a key: an HMAC, never the key
+        self.metrics_key = ApiKeys((config.metrics_key,)) if config.metrics_key else None
         self.limiter = RateLimiter(config.rate) if config.rate.enabled else None
         self.runner: Runner = runner or make_runner(config)
         self.loader = loader
@@ -108,6 +131,7 @@ class App:
         # Route groups from the layers above the server (the Files/Batches API): the entry point
         # hands in `mount(app) -> group | None`; a group adds its routes to app.routes and has
         # match(path), raw_body_routes, start() and async stop().
+        mounts = (rerank.mount, *mounts)  # issue 29: /v1/rerank and /rerank (server/rerank.py)
         self.groups = [group for group in (mount(self) for mount in mounts) if group is not None]
         self.raw_body_routes = frozenset().union(*(group.raw_body_routes for group in self.groups))
         openapi.document(list(self.routes), extra=openapi.operations_of(self.groups))  # every route described
@@ -122,6 +146,10 @@ class App:
         self.m_tokens = m.histogram("tinyembed_request_tokens", "Tokens per embeddings request", buckets=TOKEN_BUCKETS)
         self.m_in_flight = m.gauge("tinyembed_requests_in_flight", "Requests being answered")
         self.m_connections = m.gauge("tinyembed_open_connections", "Open client connections")
+        self.m_body_bytes = m.gauge("tinyembed_request_body_bytes",
+                                    "Bytes held by request bodies received and not yet answered")
+        self.m_evictions = m.gauge("tinyembed_connections_evicted",
+                                   "Idle connections closed to make room at the connection cap (since start)")
         self.m_ready = m.gauge("tinyembed_ready", "1 once every model is loaded")
         self.m_in_flight.set(0)
         self.m_ready.set(0)
@@ -181,7 +209,16 @@ class App:
         return response
 
     async def _dispatch(self, request: Request, ctx: Context) -> Response:
-        path = request.path
+        route, handler, params, key = self._route(request.method, request.path, request.headers)
+        ctx.route, ctx.key = route, (key if self.keys.enabled or key is None else f"client:{request.client}")
+        if route not in self.open_routes and not self.ready:
+            raise _provisioning()
+        return await handler(request, ctx, **params)
+
+    def _route(self, method: str, path: str, headers: dict):
+        """-> (route, handler, params, key) or raises ApiError: 404 for no route; then, on routes
+        that need a key, 401 before anything else (a client without a key learns nothing about
+        a route's methods); then 405; then 415 for a POST body that is not JSON."""
         route, params = path, {}
         if path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
             route, params = "/v1/models/{id}", {"id": unquote(path[len("/v1/models/"):])}
@@ -192,26 +229,38 @@ class App:
                     break
         methods = self.routes.get(route)
         if methods is None:
-            raise ApiError(404, "not_found", f"No route {request.method} {path}. See /openapi.json.")
-        ctx.route = route
-        method = "GET" if request.method == "HEAD" else request.method
-        handler = methods.get(method)
+            raise ApiError(404, "not_found", f"No route {echo(method)} {echo(path)}. See /openapi.json.")
+        key = None
+        if route not in self.open_routes:
+            key = self._authenticate(headers)
+        elif route == "/metrics" and self.metrics_key is not None and \
+                self.metrics_key.check(headers.get("authorization")) is None:
+            raise ApiError(401, "invalid_api_key", "GET /metrics needs the metrics key (--metrics-key) as "
+                           "'Authorization: Bearer <key>'.", headers=(("WWW-Authenticate", "Bearer"),))
+        verb = "GET" if method == "HEAD" else method
+        handler = methods.get(verb)
         if handler is None:
             allow = ", ".join(sorted({*methods, "HEAD"} if "GET" in methods else methods))
-            raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed on {route}; use {allow}.",
+            raise ApiError(405, "method_not_allowed", f"{echo(method)} is not allowed on {route}; use {allow}.",
                            headers=(("Allow", allow),))
-        if route not in self.open_routes:
-            ctx.key = self._authenticate(request)
-            if not self.ready:
-                raise _provisioning()
-            if method == "POST" and route not in self.raw_body_routes:
-                _require_json(request)
-        return await handler(request, ctx, **params)
+        if verb == "POST" and route not in self.open_routes and route not in self.raw_body_routes:
+            _require_json(headers)
+        return route, handler, params, key
 
-    def _authenticate(self, request: Request) -> str:
+    def gate(self, method: str, path: str, headers: dict) -> tuple[bool, Response | None]:
+        """The HTTP layer asks this when a request's head is in, before any of its body is kept:
+        (read the body?, the refusal to answer instead). See http.py "Body memory"."""
+        try:
+            self._route(method, path, headers)
+        except ApiError as e:
+            return False, error_response(e.status, e.code, e.message, e.param, e.headers)
+        return method not in BODYLESS_METHODS, None
+
+    def _authenticate(self, headers: dict) -> str:
+        """The key's name; "" when no keys are configured (the caller names the client)."""
         if not self.keys.enabled:
-            return f"client:{request.client}"
-        name = self.keys.check(request.headers.get("authorization"))
+            return ""
+        name = self.keys.check(headers.get("authorization"))
         if name is None:
             raise ApiError(401, "invalid_api_key", "Incorrect or missing API key. Send it as "
                            "'Authorization: Bearer <key>'.", headers=(("WWW-Authenticate", "Bearer"),))
@@ -235,6 +284,7 @@ class App:
         served = self._model(req.model)
         engine, limits = served.engine, self.config.requests
         ctx.model = served.id
+        _embedding_model(served)  # issue 29: a reranker answers /v1/rerank only
         if req.dimensions is not None and req.dimensions > engine.info.dimensions:
             raise ApiError(400, "invalid_request", f"'dimensions' must be between 1 and {engine.info.dimensions} "
                            f"for model '{served.id}'.", "dimensions")
@@ -247,23 +297,29 @@ class App:
             check_no_prompt_for_ids(req)
         truncate = self.config.auto_truncate if req.truncate is None else req.truncate
         sequences = await self._tokenize(ctx, engine, texts, id_arrays, truncate, req.input_type, req.prompt_name)
-        tokens = ctx.tokens = sum(len(s) for s in sequences)
-        tier = self._check_tokens(ctx, tokens, tier)
-        self.m_tokens.observe(tokens)
-        tier = "default" if tier == "auto" else tier
-        started = time.monotonic()
-        # The deadline grows with the request's own compute time: an admitted request can finish.
-        deadline = limits_.deadline(request.arrived, limits.request_timeout, tokens,
-                                    limits_.drain_rate(self.runner, engine))
-        vectors = await self.runner.embed(engine, sequences, tier=tier, key=ctx.key, deadline=deadline)
-        ctx.embed_s = time.monotonic() - started
+        vectors, tokens, tier = await self.run_sequences(request, ctx, engine, sequences, tier)
         vectors = engine.with_dimensions(vectors, req.dimensions)
+        vectors = engine.quantize(vectors, req.output_dtype or "float", req.dimensions)  # issue 29
         args = (vectors, req.encoding_format == "base64", req.model, tokens, tier)
         if vectors.size > ENCODE_OFF_LOOP:
             body = await asyncio.get_running_loop().run_in_executor(self.pool, encode_embeddings, *args)
         else:
             body = encode_embeddings(*args)
         return Response(200, body)
+
+    async def run_sequences(self, request: Request, ctx, engine: Engine, sequences, tier: str):
+        """Token caps and budgets, then the runner: -> (its (n, width) output, tokens, tier)."""
+        tokens = ctx.tokens = sum(len(s) for s in sequences)
+        tier = self._check_tokens(ctx, tokens, tier)
+        self.m_tokens.observe(tokens)
+        tier = "default" if tier == "auto" else tier
+        started = time.monotonic()
+        # The deadline grows with the request's own compute time: an admitted request can finish.
+        deadline = limits_.deadline(request.arrived, self.config.requests.request_timeout, tokens,
+                                    limits_.drain_rate(self.runner, engine))
+        out = await self.runner.embed(engine, sequences, tier=tier, key=self.label(ctx.key), deadline=deadline)
+        ctx.embed_s = time.monotonic() - started
+        return out, tokens, tier
 
     def _check_tokens(self, ctx, tokens: int, tier: str = "default") -> str:
         """The per-request token cap and the key's token budget; returns the tier the request runs
@@ -278,18 +334,22 @@ class App:
 
     async def _tokenize(self, ctx, engine: Engine, texts, id_arrays, truncate: bool, input_type,
                         prompt_name=None):
+        tokenizer = engine.tokenizer
+        if texts is not None:
+            return await self.tokenize_in_slices(
+                ctx, texts, lambda piece, start: tokenizer.encode(piece, truncate, input_type, prompt_name, start))
+        return await self.tokenize_in_slices(ctx, id_arrays,
+                                             lambda piece, start: tokenizer.check_ids(piece, truncate, start))
+
+    async def tokenize_in_slices(self, ctx, items: list, encode) -> list:
+        """`encode(piece, start)` over the items on the tokenizer pool. In slices: a 2048-input
+        request takes turns on the pool with everyone else's requests instead of holding a
+        tokenizer thread for all of its inputs at once."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         sequences = []
-        # In slices: a 2048-input request takes turns on the pool with everyone else's requests
-        # instead of holding a tokenizer thread for all of its inputs at once.
-        for start, piece in limits_.slices(texts if texts is not None else id_arrays):
-            if texts is not None:
-                sequences += await loop.run_in_executor(self.pool, engine.tokenizer.encode, piece, truncate,
-                                                        input_type, prompt_name, start)
-            else:
-                sequences += await loop.run_in_executor(self.pool, engine.tokenizer.check_ids, piece, truncate,
-                                                        start)
+        for start, piece in limits_.slices(items):
+            sequences += await loop.run_in_executor(self.pool, encode, piece, start)
         ctx.tokenize_s = time.monotonic() - started
         self.m_tokenize.observe(ctx.tokenize_s)
         return sequences
@@ -329,6 +389,8 @@ class App:
     async def metrics(self, request: Request, ctx: Context) -> Response:
         if self.server is not None:
             self.m_connections.set(len(self.server.connections))
+            self.m_body_bytes.set(self.server.buffered_body_bytes())
+            self.m_evictions.set(self.server.slots.evictions)
         text = self.registry.render() + self.runner.metrics()
         return Response(200, text.encode(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -339,14 +401,14 @@ class App:
         return Response(200, self._openapi[1])
 
     async def docs_page(self, request: Request, ctx: Context) -> Response:
-        return Response(200, DOCS_PAGE, content_type="text/html; charset=utf-8")
+        return Response(200, DOCS_PAGE, content_type="text/html; charset=utf-8", headers=DOCS_HEADERS)
 
     # -- logging -------------------------------------------------------------------------------------
     def _log_access(self, request: Request, response: Response, ctx: Context, elapsed: float) -> None:
         fields = {
             "request_id": request.id, "client": request.client, "method": request.method,
             "path": request.path, "status": response.status, "ms": round(elapsed * 1000, 2),
-            "bytes": len(response.body), "key": ctx.key if self.keys.enabled else None, "model": ctx.model,
+            "bytes": len(response.body), "key": self.label(ctx.key) if self.keys.enabled else None, "model": ctx.model,
             "tokens": ctx.tokens, "tokenize_ms": round(ctx.tokenize_s * 1000, 2),
             "embed_ms": round(ctx.embed_s * 1000, 2),
         }
@@ -358,7 +420,24 @@ def _card(served: Served) -> ModelCard:
     info = served.engine.info
     return ModelCard(id=served.id, created=served.created, root=served.root, dimensions=info.dimensions,
                      max_input_tokens=info.max_input_tokens, device=info.device, kernels=info.kernels,
-                     family=info.family, prompts=list(info.prompts))
+                     family=info.family, prompts=list(info.prompts), **_task_fields(served.engine))
+
+
+def _task_fields(engine: Engine) -> dict:
+    """issue 29: a reranker says so; an embedding model reports its int8 calibration."""
+    if engine.info.task == "rerank":
+        return {"supported_features": ["rerank"]}
+    calibration = engine.calibration
+    return {"quantization": Quantization(
+        output_dtypes=["float", "int8", "uint8", "binary", "ubinary"], calibration_corpus=calibration.corpus_id,
+        calibration_texts=len(calibration.vectors), int8_ranges=calibration.ranges().tolist())}
+
+
+def _embedding_model(served: Served) -> None:
+    """/v1/embeddings (and batch lines) on a reranker: a clear 400 pointing at /v1/rerank."""
+    if served.engine.info.task != "embeddings":
+        raise ApiError(400, "invalid_request", f"Model '{served.id}' is a reranker (a cross-encoder): it scores "
+                       "(query, document) pairs at POST /v1/rerank and has no embeddings.", "model")
 
 
 def _provisioning() -> ApiError:
@@ -366,8 +445,8 @@ def _provisioning() -> ApiError:
                     headers=(("Retry-After", "5"),))
 
 
-def _require_json(request: Request) -> None:
-    content_type = request.headers.get("content-type")
+def _require_json(headers: dict) -> None:
+    content_type = headers.get("content-type")
     if content_type is None:
         return  # lenient: a body without a type is read as JSON
     media = content_type.split(";", 1)[0].strip().lower()
@@ -394,7 +473,7 @@ async def run_server(config: ServerConfig, *, runner: Runner | None = None, load
     """Serve until SIGTERM/SIGINT (or `stop` is set); returns the exit code."""
     stop = stop or asyncio.Event()
     app = App(config, runner, loader, mounts)
-    server = app.server = Server(app.handle, config.http, on_reject=app.count_reject)
+    server = app.server = Server(app.handle, config.http, on_reject=app.count_reject, gate=app.gate)
     addresses = await server.listen(config.host, config.port)
     for address in addresses:
         log.info("tinyembed listening on http://%s:%d", *address[:2])

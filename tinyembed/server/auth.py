@@ -3,6 +3,12 @@
 No keys configured means the server is open (its default bind is 127.0.0.1). A key is never
 logged: the checker hands back a short fingerprint to use as the rate-limit and log identity.
 
+/metrics shows usage per key, and anyone who may read /metrics sees those labels, so a label must
+not let a reader test guesses offline (an unsalted hash of a short key falls to a dictionary in
+under a second). `KeyLabels` names a key (or project, or keyless client) by an HMAC under a
+per-server secret: random at each start unless the operator gives one (--metrics-label-secret),
+so labels stay stable across restarts only when the operator wants them to.
+
 A key may name a project: `KEY:PROJECT` (flag, file line or TINYEMBED_API_KEYS entry; the last
 ':' separates them, so a key that itself contains ':' is written `KEY:` or `KEY:PROJECT`). Files
 and batches belong to their creator's project, or to the key itself when it has none (its
@@ -33,6 +39,26 @@ def keys_from_env(environ=os.environ) -> list[str]:
 def fingerprint(key: str) -> str:
     """A stable, non-reversible name for a key: safe in logs and metrics."""
     return "key-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+class KeyLabels:
+    """The identity of a requester as /metrics shows it: `key-`, `project-` or `client-` followed
+    by 12 hex digits of HMAC-SHA256(secret, identity). Without the secret a label says nothing."""
+
+    def __init__(self, secret: str | None = None):
+        self._secret = secret.encode("utf-8") if secret else os.urandom(32)
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, name: str | None) -> str | None:
+        if name is None:
+            return None
+        label = self._cache.get(name)
+        if label is None:
+            kind = "project" if name.startswith("project:") else "client" if name.startswith("client:") else "key"
+            label = f"{kind}-{hmac.new(self._secret, name.encode('utf-8', 'surrogateescape'), hashlib.sha256).hexdigest()[:12]}"
+            if len(self._cache) < 10_000:
+                self._cache[name] = label
+        return label
 
 
 PROJECT_NAME = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")

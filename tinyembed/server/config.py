@@ -33,6 +33,7 @@ class HttpLimits:
     header_timeout: float = 10.0  # first byte of a request -> end of its headers
     body_timeout: float = 30.0  # end of headers -> end of body
     idle_timeout: float = 15.0  # a keep-alive connection with nothing to do is closed
+    first_byte_timeout: float = 5.0  # a new connection that has sent nothing is closed (server/slots.py)
     linger_timeout: float = 2.0  # after an error reply, unread input is discarded this long
     write_timeout: float = 30.0  # a reply stuck in a full send buffer this long: the connection is cut
     send_buffer_bytes: int = 256 * 1024  # replies beyond this wait in the kernel, not in our memory
@@ -75,6 +76,8 @@ class ServerConfig:
     models: tuple[ModelSource, ...] = (ModelSource(DEFAULT_MODEL, DEFAULT_MODEL),)
     # repr=False: keys must never reach a log line, even one that prints the config.
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    metrics_key: str | None = field(default=None, repr=False)  # set: GET /metrics needs this Bearer key
+    metrics_label_secret: str | None = field(default=None, repr=False)  # HMAC secret of usage labels (auth.py)
     auto_truncate: bool = False
     device: str = "cpu"
     dtype: str | None = None

@@ -2,12 +2,21 @@
 
 One `Connection` per socket. Requests are parsed as bytes arrive and queued; one task per
 connection answers them in order (pipelining), so a response never overtakes an earlier one.
-What a client may cost is bounded: header and body size (413 from Content-Length, before the
-body is read), header/body/idle timeouts (a slow or silent client is cut off), a connection cap,
-how many pipelined requests are read ahead, and how long a reply may sit unread: once more than
+What a client may cost is bounded: header and body size (413 from Content-Length or a chunk's
+declared size, before the body is read), header/body/idle timeouts and a short deadline for a new
+connection's first byte (a slow or silent client is cut off), a connection cap that closes idle
+connections first and keeps /health and /ready answerable (slots.py), how many pipelined
+requests are read ahead, and how long a reply may sit unread: once more than
 `send_buffer_bytes` wait to be sent, reading from that client pauses, and if the client has not
 taken all of it within `write_timeout` the connection is cut (its buffered reply freed). A client that disconnects cancels the task
 answering it, so its queued work is dropped.
+
+Body memory. Nothing is held for a body before the server's `gate` (app.py: route, method, API
+key, content type) has accepted the request's head; a refused request's body is read and thrown
+away, and the refusal answered after it (so the connection stays usable). An accepted body is
+buffered as its bytes arrive, never sized from Content-Length in advance.
+`Server.buffered_body_bytes()` says how many bytes request bodies hold right now (for a memory
+budget to count).
 
 The handler (app.py) turns a `Request` into a `Response` and never raises.
 """
@@ -27,7 +36,9 @@ from typing import Awaitable, Callable
 
 import httptools
 
+from tinyembed.server import slots as slots_
 from tinyembed.server.config import HttpLimits
+from tinyembed.server.framing import Splitter, unsupported_coding
 from tinyembed.server.protocol import error_body, reason
 
 log = logging.getLogger("tinyembed.server.http")
@@ -73,31 +84,48 @@ class _Reject(Exception):
         self.response = response
 
 
+Gate = Callable[[str, str, dict], "tuple[bool, Response | None]"]
+
+
+def _open_gate(method: str, path: str, headers: dict) -> tuple[bool, Response | None]:
+    return True, None
+
+
 class Server:
-    """Owns the listening socket and the set of open connections; drains them on shutdown."""
+    """Owns the listening socket and the set of open connections; drains them on shutdown.
+    `gate(method, path, headers) -> (read_body, refusal)` judges a request by its head: the
+    body is buffered only when read_body is true and there is no refusal."""
 
     def __init__(self, handler: Handler, limits: HttpLimits,
-                 on_reject: Callable[[Response], None] | None = None):
+                 on_reject: Callable[[Response], None] | None = None, gate: Gate | None = None):
         self.handler = handler
         self.limits = limits
         self.on_reject = on_reject or (lambda response: None)
-        self.connections: set[Connection] = set()
+        self.gate = gate or _open_gate
+        self.slots = slots_.Slots(limits.max_connections)
+        self.connections: set[Connection] = self.slots.open
+        self.body_bytes = 0  # held by request bodies being received or queued, all connections
         self.draining = False
         self._server: asyncio.base_events.Server | None = None
         self._all_closed = asyncio.Event()
         self._all_closed.set()
 
+    def buffered_body_bytes(self) -> int:
+        """Bytes of request bodies the server holds now (received, not yet answered)."""
+        return self.body_bytes
+
     async def listen(self, host: str, port: int) -> list[tuple]:
+        self.slots.cap = slots_.fit_fd_limit(self.slots.cap, self.slots.probe_slots)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: Connection(self), host, port, backlog=1024)
         return [sock.getsockname() for sock in self._server.sockets]
 
-    def opened(self, conn: "Connection") -> None:
-        self.connections.add(conn)
+    def opened(self, conn: "Connection") -> str:
         self._all_closed.clear()
+        return self.slots.arrive(conn)
 
     def closed(self, conn: "Connection") -> None:
-        self.connections.discard(conn)
+        self.slots.gone(conn)
         if not self.connections:
             self._all_closed.set()
 
@@ -122,6 +150,7 @@ class Connection(asyncio.Protocol):
         self.server = server
         self.limits = server.limits
         self.parser = httptools.HttpRequestParser(self)
+        self.splitter = Splitter()
         self.transport: asyncio.Transport | None = None
         self.client = ""
         self.queue: deque[Request | Response] = deque()
@@ -129,22 +158,33 @@ class Connection(asyncio.Protocol):
         self.parsing = False  # inside a request whose end has not arrived yet
         self.discarding = False  # a final error was queued: input is read and thrown away
         self.closing = False
+        self.limited = False  # admitted above the cap: /health and /ready only (slots.py)
+        self.eof = False  # the client half-closed: answer what it sent, then close
         self.reading_paused = False
         self.write_paused = False
         self._drained: asyncio.Future | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None  # runs while a reply waits on the client
         self._rejected: Response | None = None
+        self._linger_after: Request | None = None  # answered, then the connection lingers and closes
+        self._http11 = True  # the last request's version: 1xx replies only to HTTP/1.1
         self._reset_request()
 
     def _reset_request(self) -> None:
         self._url = b""
+        self._method = ""
+        self._path = ""
+        self._query = ""
         self._headers: dict[str, str] = {}
         self._header_bytes = 0
-        self._body: list[bytes] = []
-        self._body_buffer: bytearray | None = None  # sized from Content-Length: one copy of a big body
+        self._body: bytearray | None = None  # grows as the bytes arrive; None: the body is not kept
         self._body_size = 0
         self._arrived = 0.0
+
+    def _drop_body(self) -> None:
+        if self._body is not None:
+            self.server.body_bytes -= len(self._body)
+            self._body = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -153,20 +193,24 @@ class Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=self.limits.send_buffer_bytes, low=0)
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) else "local"
-        over_cap = len(self.server.connections) >= self.limits.max_connections
-        self.server.opened(self)
-        if over_cap:
+        kind = self.server.opened(self)
+        if kind == slots_.REFUSE:
             self._fail(error_response(503, "server_overloaded", "Too many open connections; retry shortly.",
                                       headers=(("Retry-After", "1"),)))
         elif self.server.draining:
             self._close()
         else:
-            self._set_timer(self.limits.idle_timeout, self._idle_timeout)
+            self.limited = kind == slots_.LIMITED
+            self._set_timer(min(self.limits.first_byte_timeout, self.limits.idle_timeout), self._idle_timeout)
 
     def connection_lost(self, exc) -> None:
         self.closing = True
         self._cancel_timer()
         self._cancel_write_timer()
+        self._drop_body()
+        for item in self.queue:
+            if isinstance(item, Request):
+                self.server.body_bytes -= len(item.body)
         self.queue.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()  # the client is gone: drop its queued work
@@ -175,9 +219,41 @@ class Connection(asyncio.Protocol):
         self.server.closed(self)
 
     def eof_received(self):
-        # Like most servers, a client's FIN counts as a disconnect (half-closed clients that
-        # still wait for a reply are not supported); returning None closes the transport.
-        return None
+        """The client sent FIN. A half-close (shutdown(SHUT_WR)) and a close look the same until
+        the server writes: requests it sent in full are answered, then the connection closes,
+        and a request cut off by the FIN is dropped. To drop the work of a client that really
+        left, an interim `100 Continue` goes out at once (HTTP/1.1 clients skip 1xx replies): a
+        closed socket answers it with a reset, which `_check_peer` sees, and the work is dropped
+        as for any disconnect. Returning True keeps the transport open for the replies."""
+        self.eof = True
+        self._drop_body()
+        if not (self.queue or not self._idle_task()):
+            return None  # nothing to answer: close
+        self.parsing = False
+        self._cancel_timer()
+        if self._http11:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._check_peer(0)
+        return True
+
+    def _check_peer(self, turn: int) -> None:
+        """While a half-closed client waits: has it reset the connection (it had closed)?"""
+        if self.closing:
+            return
+        sock = self.transport.get_extra_info("socket")
+        try:
+            gone = sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+        except OSError:
+            gone = True
+        if gone:
+            self.abort()
+            return
+        asyncio.get_running_loop().call_later(PEER_CHECKS[min(turn, len(PEER_CHECKS) - 1)], self._check_peer, turn + 1)
+
+    def evict(self) -> None:
+        """Closed to make room for a new connection (slots.py): it was idle, nothing is lost."""
+        self.closing = True
+        self._close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -188,7 +264,7 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self._cancel_write_timer()
-        if not self.reading_paused and not self.closing:
+        if not self.reading_paused and not self.closing and not self.eof:
             self.transport.resume_reading()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
@@ -218,15 +294,19 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.discarding or self.closing:
             return
+        self.server.slots.active(self)
         try:
-            self.parser.feed_data(data)
+            for piece in self.splitter.pieces(data):  # each line ends a feed: see framing.py
+                if self.discarding or self.closing:
+                    break
+                self.parser.feed_data(piece)
         except httptools.HttpParserUpgrade:
-            self._fail(error_response(400, "invalid_request", "Protocol upgrades are not supported."))
+            self._fail(error_response(400, "invalid_request", "Protocol upgrades and CONNECT are not supported."))
         except (httptools.HttpParserError, _Reject) as exc:
             if self._rejected is not None:
                 self._fail(self._rejected)
             else:
-                self._fail(error_response(400, "invalid_request", f"Malformed HTTP request ({exc})."))
+                self._fail(error_response(400, "invalid_request", _malformed(exc)))
 
     def _reject(self, response: Response) -> _Reject:
         self._rejected = response
@@ -258,54 +338,82 @@ class Connection(asyncio.Protocol):
                                          f"Request line and headers exceed {self.limits.max_header_bytes} bytes."))
 
     def on_headers_complete(self) -> None:
-        length = self._headers.get("content-length")
-        if length is not None and length.strip().isdigit() and int(length) > self.limits.max_body_bytes:
+        self._method = self.parser.get_method().decode("ascii", "replace")
+        self._http11 = self.parser.get_http_version() == "1.1"
+        if self._method == "CONNECT":
+            raise self._reject(error_response(400, "invalid_request", "CONNECT is not supported: this is not a proxy."))
+        try:
+            url = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError:
+            raise self._reject(error_response(400, "invalid_request", "Malformed request target.")) from None
+        self._path = url.path.decode("latin-1") if url.path else ""
+        self._query = (url.query or b"").decode("latin-1")
+        if not self._path.startswith("/"):
+            raise self._reject(error_response(400, "invalid_request", "The request target must be a path."))
+        coding = unsupported_coding(self._headers.get("transfer-encoding"))
+        if coding is not None:
+            raise self._reject(error_response(
+                501, "not_implemented", f"Transfer-Encoding {coding!r} is not supported; send the body with "
+                "Content-Length or 'Transfer-Encoding: chunked'."))
+        length = self._headers.get("content-length", "").strip()
+        declared = int(length) if length.isascii() and length.isdigit() else 0
+        if declared > self.limits.max_body_bytes:
             raise self._reject(_too_large(self.limits.max_body_bytes))
-        if length is not None and length.strip().isascii() and length.strip().isdigit() and \
-                int(length) >= BODY_BUFFER_MIN:
-            self._body_buffer = bytearray(int(length))  # filled in place: no list of chunks joined later
+        if self.limited and not (self._method in ("GET", "HEAD") and self._path in slots_.PROBE_PATHS):
+            raise self._reject(error_response(503, "server_overloaded", "Too many open connections; retry shortly.",
+                                              headers=(("Retry-After", "1"),)))
+        self.splitter.bulk = declared
+        read_body, refusal = self.server.gate(self._method, self._path, self._headers)
+        continue_ = self._headers.get("expect", "").lower() == "100-continue"
+        if refusal is not None and continue_:  # the client waits: refuse now, its body never comes
+            self._finish(b"", keep_alive=False)
+            self._linger_after = self.queue[-1]
+            self.discarding = True
+            return
+        if read_body and refusal is None:
+            self._body = bytearray()
         self._set_timer(self.limits.body_timeout, self._read_timeout)
-        if self._headers.get("expect", "").lower() == "100-continue" and not self.queue and self._idle_task():
+        if continue_ and not self.queue and self._idle_task():
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
+    def on_chunk_header(self) -> None:
+        size = self.splitter.chunk_size()
+        if size is not None:
+            if self._body_size + size > self.limits.max_body_bytes:
+                raise self._reject(_too_large(self.limits.max_body_bytes))
+            self.splitter.bulk = size
+
     def on_body(self, chunk: bytes) -> None:
+        if self.discarding:
+            return
+        self.splitter.took_body(len(chunk))
         self._body_size += len(chunk)
         if self._body_size > self.limits.max_body_bytes:  # chunked bodies have no Content-Length
             raise self._reject(_too_large(self.limits.max_body_bytes))
-        buffer = self._body_buffer
-        if buffer is not None and self._body_size <= len(buffer):
-            buffer[self._body_size - len(chunk):self._body_size] = chunk
-        else:
-            self._body.append(chunk)
+        if self._body is not None:  # else: a body nobody reads (refused, or a GET's) is not kept
+            self._body += chunk
+            self.server.body_bytes += len(chunk)
 
     def on_message_complete(self) -> None:
-        self.parsing = False
-        self._cancel_timer()
-        url = httptools.parse_url(self._url)
-        request = Request(
-            method=self.parser.get_method().decode("ascii", "replace"),
-            path=url.path.decode("latin-1"),
-            query=(url.query or b"").decode("latin-1"),
-            headers=self._headers,
-            body=self._take_body(),
-            keep_alive=self.parser.should_keep_alive(),
-            arrived=self._arrived,
-            client=self.client,
-        )
-        self._reset_request()
-        self._enqueue(request)
+        self.splitter.reset()
+        if self.discarding:
+            return
+        body = self._body if self._body is not None else b""
+        self._body = None  # the Request holds it now (still counted in server.body_bytes)
+        self._finish(body, self.parser.should_keep_alive() and not self.limited)
         if len(self.queue) >= self.limits.max_pipelined and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
 
-    def _take_body(self) -> bytes | bytearray:
-        buffer = self._body_buffer
-        if buffer is None:
-            return b"".join(self._body)
-        if not self._body and self._body_size == len(buffer):
-            return buffer  # a bytearray: every reader of Request.body takes bytes-like objects
-        filled = min(self._body_size, len(buffer))  # a body that disagreed with its Content-Length
-        return bytes(buffer[:filled]) + b"".join(self._body)
+    def _finish(self, body: bytes | bytearray, keep_alive: bool) -> None:
+        """The request's head (and body) are in: queue it for the handler."""
+        self.parsing = False
+        self._cancel_timer()
+        request = Request(method=self._method, path=self._path, query=self._query, headers=self._headers,
+                          body=body if len(body) >= BODY_BUFFER_MIN else bytes(body), keep_alive=keep_alive,
+                          arrived=self._arrived, client=self.client)
+        self._reset_request()
+        self._enqueue(request)
 
     # -- answering, in order -----------------------------------------------------------------
     def _idle_task(self) -> bool:
@@ -321,7 +429,7 @@ class Connection(asyncio.Protocol):
             item = self.queue.popleft()
             if self.reading_paused and len(self.queue) < self.limits.max_pipelined:
                 self.reading_paused = False
-                if not self.write_paused:
+                if not self.write_paused and not self.eof:
                     self.transport.resume_reading()
             if isinstance(item, Response):  # a protocol error: the last thing this connection says
                 self._write(item, head=False, close=True)
@@ -332,8 +440,13 @@ class Connection(asyncio.Protocol):
             except Exception:  # the handler should never raise; if it does, answer anyway
                 log.exception("unhandled error answering request %s", item.id)
                 response = error_response(500, "internal_error", f"Internal server error (request id {item.id}).")
-            close = not item.keep_alive or self.server.draining
+            finally:
+                self.server.body_bytes -= len(item.body)
+            close = not item.keep_alive or self.server.draining or (self.eof and not self.queue)
             self._write(response, head=item.method == "HEAD", close=close, request=item)
+            if item is self._linger_after:
+                self._linger()
+                return
             if close:
                 self._close()
                 return
@@ -341,9 +454,10 @@ class Connection(asyncio.Protocol):
                 self._drained = asyncio.get_running_loop().create_future()
                 await self._drained
         if not self.parsing and not self.closing:
-            if self.server.draining:
+            if self.server.draining or self.eof:
                 self._close()
             else:
+                self.server.slots.rest(self)
                 self._set_timer(self.limits.idle_timeout, self._idle_timeout)
 
     def _write(self, response: Response, head: bool, close: bool, request: Request | None = None) -> None:
@@ -365,6 +479,7 @@ class Connection(asyncio.Protocol):
         self.discarding = True
         self.parsing = False
         self._cancel_timer()
+        self._drop_body()
         self.server.on_reject(response)
         self._enqueue(response)
 
@@ -372,7 +487,8 @@ class Connection(asyncio.Protocol):
         # Closing with unread input makes the kernel send RST, which can destroy the reply
         # before the client reads it. Half-close instead, discard input until the client
         # closes, and close for good after linger_timeout.
-        if self.transport.can_write_eof():
+        self.discarding = True
+        if self.transport.can_write_eof() and not self.transport.is_closing():
             self.transport.write_eof()
         self._set_timer(self.limits.linger_timeout, self._close)
 
@@ -409,7 +525,17 @@ class Connection(asyncio.Protocol):
             self._timer = None
 
 
-BODY_BUFFER_MIN = 64 * 1024  # smaller bodies arrive in one chunk or two: joining them is free
+PEER_CHECKS = (0.02, 0.1, 0.5, 1.0)  # seconds between checks of a half-closed client (the last repeats)
+BODY_BUFFER_MIN = 64 * 1024  # smaller bodies are handed on as bytes; larger ones as the bytearray itself
+
+
+def _malformed(exc: Exception) -> str:
+    """A parser error -> a message for the client: llhttp's reason when it describes the
+    request, never the name of one of our callbacks."""
+    text = str(exc)
+    if not text or "callback" in text or "`on_" in text or len(text) > 200:
+        return "Malformed HTTP request."
+    return f"Malformed HTTP request ({text})."
 
 
 def _too_large(limit: int) -> Response:

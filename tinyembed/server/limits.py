@@ -33,8 +33,9 @@ def echo(value) -> str:
 
 
 def query_int(text: str | None, default: int, lo: int, hi: int) -> int | None:
-    """A query parameter as an integer in [lo, hi]: ASCII digits only (str.isdigit() would also
-    accept '²' or '٣', which int() then refuses). None when `text` is not such an integer."""
+    """A query parameter or form field as an integer in [lo, hi]: ASCII digits only, nothing
+    around them (int() would also take '3_600', '+3600', ' 3600 ' and '٣٦٠٠'; str.isdigit() would
+    take '²'). None when `text` is not such an integer."""
     if text is None:
         return default
     if not (text.isascii() and text.isdigit()) or len(text) > 12:

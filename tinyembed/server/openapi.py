@@ -16,6 +16,7 @@ above the server (the Files/Batches API) describe their own operations in the sa
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 
 import msgspec
@@ -25,7 +26,7 @@ from tinyembed.server.protocol import (INPUT_SHAPES, REQUEST_TYPES, RESPONSE_TYP
                                        ModelCard, ModelList, Status, TokenizeRequest, TokenizeResponse)
 
 REF = "#/components/schemas/{name}"
-HTTP_LAYER = (400, 408, 413, 431, 503)  # any request can get these from server/http.py
+HTTP_LAYER = (400, 408, 413, 431, 501, 503)  # any request can get these from server/http.py (501: a transfer coding)
 JSON = "application/json"
 
 
@@ -63,18 +64,22 @@ OPERATIONS = {
 class Served:
     """What the document needs to know about the served models and limits."""
 
-    models: list[str] = field(default_factory=list)  # every id a client may send (aliases included)
+    models: list[str] = field(default_factory=list)  # every embedding model id a client may send (aliases included)
+    rerankers: list[str] = field(default_factory=list)  # issue 29: the cross-encoders' ids (/v1/rerank, /rerank)
     min_vocab: int | None = None
     min_dimensions: int | None = None
     max_inputs: int = 2048
     auth: bool = False
     rate_limited: bool = False
     open_routes: frozenset = frozenset()
+    metrics_key: bool = False  # GET /metrics needs its own Bearer key
 
 
 def _ref(kind, types: list) -> dict:
     if isinstance(kind, dict):
         return kind
+    if typing.get_origin(kind) is list:  # a JSON array of Structs (TEI's /rerank answers one)
+        return {"type": "array", "items": _ref(typing.get_args(kind)[0], types)}
     if kind not in types:
         types.append(kind)
     return {"$ref": REF.format(name=kind.__name__)}
@@ -87,7 +92,7 @@ def _operation(route: str, op: Operation, served: Served, types: list) -> dict:
     else:
         ok["content"] = {op.content: {}}
     statuses = set(HTTP_LAYER) | set(op.errors)
-    secured = served.auth and route not in served.open_routes
+    secured = (served.auth and route not in served.open_routes) or (route == "/metrics" and served.metrics_key)
     if secured:
         statuses.add(401)
     if op.rate_limited and served.rate_limited:
@@ -135,7 +140,12 @@ def document(routes: list[str], served: Served | None = None, extra: dict | None
     if served.models:
         model = {"type": "string", "enum": list(served.models)}
         schemas["EmbeddingRequest"]["properties"]["model"] = model
-        schemas["TokenizeRequest"]["properties"]["model"] = {"anyOf": [model, {"type": "null"}]}  # null: the first
+        every = {"type": "string", "enum": list(served.models) + served.rerankers}  # rerankers tokenize too
+        schemas["TokenizeRequest"]["properties"]["model"] = {"anyOf": [every, {"type": "null"}]}  # null: the first
+    for name in ("RerankRequest", "TeiRerankRequest"):  # issue 29: `model` is one of the served rerankers
+        if served.rerankers and name in schemas:
+            schemas[name]["properties"]["model"] = {"anyOf": [{"type": "string", "enum": served.rerankers},
+                                                              {"type": "null"}]}
     schemas["EmbeddingRequest"]["properties"]["input"] = _input_schema(served)
     schemas["TokenizeRequest"]["properties"]["input"] = {"anyOf": _input_schema(served)["anyOf"][:2]}
     if served.min_dimensions:
@@ -157,13 +167,15 @@ def served_from(app) -> Served:
     """The document's view of a running App (models are known once loaded)."""
     engines = [s.engine for s in app.models.values()]
     return Served(
-        models=list(app.models),
+        models=[name for name, s in app.models.items() if s.engine.info.task == "embeddings"],
+        rerankers=[name for name, s in app.models.items() if s.engine.info.task == "rerank"],
         min_vocab=min((e.tokenizer.vocab_size for e in engines), default=None),
-        min_dimensions=min((e.info.dimensions for e in engines), default=None),
+        min_dimensions=min((e.info.dimensions for e in engines if e.info.task == "embeddings"), default=None),
         max_inputs=app.config.requests.max_inputs,
         auth=app.keys.enabled,
         rate_limited=app.limiter is not None,
         open_routes=frozenset(app.open_routes),
+        metrics_key=app.metrics_key is not None,
     )
 
 

@@ -34,6 +34,8 @@ class EmbeddingRequest(Struct, forbid_unknown_fields=True, kw_only=True):
     input_type: Literal["query", "document"] | None = None
     prompt_name: Annotated[str, Meta(max_length=256)] | None = None  # a prompt of config_sentence_transformers.json
     truncate: bool | None = None
+    # issue 29: quantized outputs (engine/quantize.py), Voyage's name and values
+    output_dtype: Literal["float", "int8", "uint8", "binary", "ubinary"] | None = None
 
 
 class TokenizeRequest(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -50,7 +52,7 @@ class TokenizeRequest(Struct, forbid_unknown_fields=True, kw_only=True):
 class Embedding(Struct, kw_only=True):
     object: str = "embedding"
     index: int
-    embedding: Union[list[float], str]  # floats, or base64 of little-endian float32
+    embedding: Union[list[float], str]  # floats (integers for int8/uint8/binary), or base64 of the bytes
 
 
 class Usage(Struct):
@@ -66,6 +68,15 @@ class EmbeddingResponse(Struct, kw_only=True):
     service_tier: str
 
 
+class Quantization(Struct, kw_only=True):
+    """issue 29: what `output_dtype` int8/uint8 use (engine/quantize.py)."""
+
+    output_dtypes: list[str]
+    calibration_corpus: str  # the shipped corpus and its hash
+    calibration_texts: int
+    int8_ranges: list[list[float]]  # [[min per dimension], [max per dimension]] at the native width
+
+
 class ModelCard(Struct, kw_only=True):
     id: str
     object: str = "model"
@@ -79,6 +90,7 @@ class ModelCard(Struct, kw_only=True):
     supported_features: list[str] = msgspec.field(default_factory=lambda: ["embeddings"])
     family: str | None = None  # the architecture: bert, xlmr, qwen3, qwen2, mistral, gemma2
     prompts: list[str] = msgspec.field(default_factory=list)  # names usable as `prompt_name`
+    quantization: Quantization | None = None  # issue 29: embedding models; None for rerankers
 
 
 class ModelList(Struct, kw_only=True):
@@ -166,7 +178,8 @@ _AT_FIELD = re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
 
 def decode_request(body: bytes, kind: type):
     try:
-        return _decoders[kind].decode(body)
+        decoder = _decoders.get(kind) or _decoders.setdefault(kind, msgspec.json.Decoder(kind))  # e.g. rerank's
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise validation_error(str(exc)) from None
     except msgspec.DecodeError as exc:
@@ -267,9 +280,10 @@ def parse_texts(value: str | list[str]) -> list[str]:
 
 
 def encode_embeddings(vectors: np.ndarray, base64_format: bool, model: str, tokens: int, tier: str) -> bytes:
-    """(n, d) float32 -> the response body. base64 is the raw little-endian float32 buffer."""
+    """(n, d) float32 (or int8/uint8 from output_dtype) -> the response body. base64 is the raw
+    buffer: little-endian float32, or the int8/uint8 bytes (packed bits for binary/ubinary)."""
     if base64_format:
-        rows = np.ascontiguousarray(vectors, dtype="<f4")
+        rows = np.ascontiguousarray(vectors, dtype="<f4" if vectors.dtype.kind == "f" else vectors.dtype)
         data = [Embedding(index=i, embedding=base64.b64encode(row.tobytes()).decode("ascii"))
                 for i, row in enumerate(rows)]
     else:

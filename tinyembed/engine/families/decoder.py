@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 
 from tinyembed.common.errors import ModelLoadError
-from tinyembed.engine.ops_numpy_decoder import rope_table
-from tinyembed.engine.tensor_reader import CheckpointReader
+from tinyembed.engine.ops.numpy_decoder import rope_table
+from tinyembed.engine.checkpoints.tensor_reader import CheckpointReader
 
 # config.json activation name -> the gated activation the ops implement
 ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}

@@ -14,8 +14,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import processors
 
 from tinyembed.common.errors import InputError, ModelLoadError
-from tinyembed.engine import textcap
-from tinyembed.engine.spec import ModelSpec
+from tinyembed.engine.text import textcap
+from tinyembed.engine.checkpoints.spec import ModelSpec
 
 INPUT_TYPES = ("query", "document")
 
@@ -61,40 +61,47 @@ class Tokenizer:
     def encode(self, texts: list[str], truncate: bool = False, input_type: str | None = None,
                prompt_name: str | None = None, start: int = 0) -> list[np.ndarray]:
         """Token ids for each text. Runs in the tokenizers' Rust threads without the GIL.
-        Texts are cut by characters first (engine/textcap.py): no input is read past
+        Texts are cut by characters first (engine/text/textcap.py): no input is read past
         max_length * MAX_CHARS_PER_TOKEN characters. `start`: the index of texts[0] in the
         caller's request (for messages)."""
         prompt = self.prompt(input_type, prompt_name)
+        content = self.max_length - self.num_special
         encodings, cut = self._encode_capped(texts, prompt, self.max_length * textcap.FIRST_CHARS_PER_TOKEN)
-        retry = [i for i, enc in enumerate(encodings) if cut[i] and not enc.overflowing]
-        if retry:  # sparse texts: their first cut had room left; read up to the hard bound
+        retry = [i for i, enc in enumerate(encodings) if cut[i] is not None and cut[i] <= content]
+        if retry:  # sparse texts: their first cut did not settle them; read up to the hard bound
             more, more_cut = self._encode_capped([texts[i] for i in retry], prompt, self.char_limit)
-            for i, enc, was_cut in zip(retry, more, more_cut):
-                encodings[i], cut[i] = enc, was_cut
+            for i, enc, settled in zip(retry, more, more_cut):
+                encodings[i], cut[i] = enc, settled
         out = []
         for i, enc in enumerate(encodings):
-            if not truncate and enc.overflowing:
-                total = len(enc.ids) + sum(len(o.ids) - self.num_special for o in enc.overflowing)
+            settled = cut[i]  # None: the whole text was encoded; else its settled content tokens
+            if settled is not None and settled <= content:  # not settled by max_length x 64 chars
                 raise InputError(
-                    f"Input {start + i} has {'at least ' if cut[i] else ''}{total} tokens, more than this model's "
-                    f"maximum of {self.max_length}. Shorten it, or set \"truncate\": true.",
+                    f"Input {start + i} has {len(texts[i])} characters and its first {self.char_limit} do not settle "
+                    f"its first {self.max_length} tokens (this model reads at most {textcap.MAX_CHARS_PER_TOKEN} "
+                    f"characters per token: whitespace runs and long words count). Shorten it.",
                     code="context_length_exceeded",
                 )
-            if not truncate and cut[i]:
+            if not truncate and enc.overflowing:
+                if settled is None:
+                    total = len(enc.ids) + sum(len(o.ids) - self.num_special for o in enc.overflowing)
+                else:
+                    total = settled + self.num_special
                 raise InputError(
-                    f"Input {start + i} has {len(texts[i])} characters; this model reads at most {self.char_limit} "
-                    f"characters per input ({self.max_length} tokens x {textcap.MAX_CHARS_PER_TOKEN}). Shorten "
-                    f"it, or set \"truncate\": true.",
+                    f"Input {start + i} has {'at least ' if settled is not None else ''}{total} tokens, more than this "
+                    f"model's maximum of {self.max_length}. Shorten it, or set \"truncate\": true.",
                     code="context_length_exceeded",
                 )
             out.append(np.asarray(enc.ids, dtype=np.int32))
         return out
 
     def _encode_capped(self, texts: list[str], prompt: str, limit: int):
-        """-> (encodings of the texts cut to `limit` characters, which of them were cut)."""
+        """-> (encodings of the texts cut to `limit` characters, for each text None when it was
+        not cut, else how many of its leading content tokens are settled: see textcap.py)."""
         cut_texts = [textcap.cut(text, limit) for text in texts]
         encodings = self._tok.encode_batch([prompt + t for t in cut_texts], add_special_tokens=True)
-        return encodings, [c is not t for c, t in zip(cut_texts, texts)]
+        return encodings, [None if c is t else textcap.settled(enc, len(prompt) + len(c))
+                           for c, t, enc in zip(cut_texts, texts, encodings)]
 
     def check_ids(self, inputs: list[list[int]], truncate: bool = False, start: int = 0) -> list[np.ndarray]:
         """Token-id inputs are the model's own vocabulary, used exactly as given."""

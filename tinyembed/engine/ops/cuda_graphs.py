@@ -29,7 +29,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from tinyembed.engine.ops_cuda import _cp
+from tinyembed.engine.ops.cuda_runtime import _cp
 
 log = logging.getLogger("tinyembed.cuda")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 def candidate_folders(kind: str) -> list[Path]:
     """kernels/<kind>/ folders to try, in order: the source checkout beside the package (edits
     take effect), then the installed `tinyembed.kernels` package (wheel or editable install)."""
-    candidates = [Path(__file__).resolve().parents[2] / "kernels" / kind]
+    candidates = [Path(__file__).resolve().parents[3] / "kernels" / kind]
     try:
         spec = importlib.util.find_spec("tinyembed.kernels")
         if spec is not None and spec.submodule_search_locations:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinyembed.engine.ops_numpy import normalize
-from tinyembed.engine.spec import ModelSpec
+from tinyembed.engine.ops.numpy_ops import normalize
+from tinyembed.engine.checkpoints.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class EncoderModel:
         self.p = {name: ops.param(array) for name, array in params.items()}
         self.graphs = None
         if getattr(ops, "graphs", False):  # CudaOps(graphs=True): replay short batches (cuda_graphs.py)
-            from tinyembed.engine.cuda_graphs import GraphCache
+            from tinyembed.engine.ops.cuda_graphs import GraphCache
 
             self.graphs = GraphCache(ops, self.forward_arrays)
 

@@ -1,4 +1,4 @@
-"""GPU decoder ops: the DecoderNumpyOps contract (ops_numpy_decoder.py) on CuPy, with the kernels
+"""GPU decoder ops: the DecoderNumpyOps contract (numpy_decoder.py) on CuPy, with the kernels
 of kernels/cuda/decoder.cu and decoder_attention.cu. CudaOps inherits them and provides
 _compiled, _launch, _empty, _enter, sm_count and pool_normalize.
 

@@ -57,60 +57,62 @@ class ModelSpec:
         # XLM-R numbers positions from padding_idx + 1; BERT from 0.
         return self.pad_token_id + 1 if self.family == "xlmr" else 0
 
-    @classmethod
-    def from_dir(cls, path: Path) -> "ModelSpec":
-        config = _read_json(path / "config.json", required=True)
-        model_type = config.get("model_type", "")
-        from tinyembed.engine.families import DECODERS, decoder_family
 
-        decoder = decoder_family(model_type)
-        if decoder is not None:
-            return _decoder_spec(cls, path, config, decoder)
-        family = ARCHITECTURES.get(model_type)
-        if family is None:
-            raise ModelLoadError(
-                f"{path}: unsupported architecture model_type={model_type!r} "
-                f"(architectures={config.get('architectures')}); tinyembed runs "
-                f"{', '.join(sorted(ARCHITECTURES))} encoders and {', '.join(sorted(DECODERS))} decoders"
-            )
-        act = config.get("hidden_act", "gelu")
-        if act not in ("gelu", "gelu_python"):
-            raise ModelLoadError(f"{path}: unsupported hidden_act={act!r}; only exact GELU is implemented")
-        if config.get("position_embedding_type", "absolute") != "absolute":
-            raise ModelLoadError(f"{path}: only absolute position embeddings are supported")
-        try:
-            hidden = int(config["hidden_size"])
-            heads = int(config["num_attention_heads"])
-            spec_fields = dict(
-                vocab_size=int(config["vocab_size"]),
-                hidden_size=hidden,
-                num_layers=int(config["num_hidden_layers"]),
-                num_heads=heads,
-                intermediate_size=int(config["intermediate_size"]),
-                max_position_embeddings=int(config["max_position_embeddings"]),
-                type_vocab_size=int(config.get("type_vocab_size", 2)),
-                layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
-                pad_token_id=int(config.get("pad_token_id") or 0),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelLoadError(f"{path}/config.json: missing or invalid field {exc}") from None
-        if hidden % heads:
-            raise ModelLoadError(f"{path}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
-        offset = spec_fields["pad_token_id"] + 1 if family == "xlmr" else 0
-        position_limit = spec_fields["max_position_embeddings"] - offset
-        return cls(
-            path=path,
-            family=family,
-            max_seq_length=_max_seq_length(path, position_limit),
-            pooling=_pooling(path, family),
-            **_prompt_fields(path),
-            **spec_fields,
+def read_config(path: Path) -> dict:
+    """A model directory's config.json (every model has one)."""
+    return _read_json(path / "config.json", required=True)
+
+
+def encoder_spec(path: Path, config: dict, decoders=()) -> ModelSpec:
+    """The spec of a BERT / XLM-R encoder; `decoders` (the decoder model_types families/ runs)
+    only completes the message for an unsupported model_type. Decoders: families.read_spec."""
+    model_type = config.get("model_type", "")
+    family = ARCHITECTURES.get(model_type)
+    if family is None:
+        raise ModelLoadError(
+            f"{path}: unsupported architecture model_type={model_type!r} "
+            f"(architectures={config.get('architectures')}); tinyembed runs "
+            f"{', '.join(sorted(ARCHITECTURES))} encoders and {', '.join(sorted(decoders))} decoders"
         )
+    act = config.get("hidden_act", "gelu")
+    if act not in ("gelu", "gelu_python"):
+        raise ModelLoadError(f"{path}: unsupported hidden_act={act!r}; only exact GELU is implemented")
+    if config.get("position_embedding_type", "absolute") != "absolute":
+        raise ModelLoadError(f"{path}: only absolute position embeddings are supported")
+    try:
+        hidden = int(config["hidden_size"])
+        heads = int(config["num_attention_heads"])
+        spec_fields = dict(
+            vocab_size=int(config["vocab_size"]),
+            hidden_size=hidden,
+            num_layers=int(config["num_hidden_layers"]),
+            num_heads=heads,
+            intermediate_size=int(config["intermediate_size"]),
+            max_position_embeddings=int(config["max_position_embeddings"]),
+            type_vocab_size=int(config.get("type_vocab_size", 2)),
+            layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
+            pad_token_id=int(config.get("pad_token_id") or 0),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{path}/config.json: missing or invalid field {exc}") from None
+    if hidden % heads:
+        raise ModelLoadError(f"{path}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+    offset = spec_fields["pad_token_id"] + 1 if family == "xlmr" else 0
+    position_limit = spec_fields["max_position_embeddings"] - offset
+    return ModelSpec(
+        path=path,
+        family=family,
+        max_seq_length=_max_seq_length(path, position_limit),
+        pooling=_pooling(path, family),
+        **_prompt_fields(path),
+        **spec_fields,
+    )
 
 
-def _decoder_spec(cls, path: Path, config: dict, family) -> ModelSpec:
+def decoder_spec(path: Path, config: dict, family) -> ModelSpec:
+    """The spec of a decoder, read by its family module (families/<name>.py: read_arch, special_template)."""
     arch = family.read_arch(config, path)
-    return cls(
+    return ModelSpec(
         path=path,
         family=config["model_type"],  # "llama" runs in mistral.py but is reported as llama
         vocab_size=arch.vocab_size,

@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tinyembed.engine.kernel_paths import candidate_folders
+from tinyembed.engine.build.kernel_paths import candidate_folders
 
 FLAGS = ("-std=c99", "-O3", "-march=native", "-shared", "-fPIC")
 BUILD_TIMEOUT_S = 120

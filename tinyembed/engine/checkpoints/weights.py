@@ -2,7 +2,7 @@
 
 Checkpoints name the same tensors in several ways (`bert.` or `roberta.` prefixes, or none) and
 store them as fp32, fp16 or bf16. This module reads any of them into one canonical table that
-model.py and the ops backends consume:
+families/bert.py and the ops backends consume:
 
     word (V, H)  position (P, H)  token_type (T, H)  emb_ln_w (H,)  emb_ln_b (H,)
     layer.{i}.qkv_w (H, 3H)  qkv_b (3H,)  out_w (H, H)  out_b (H,)  ln1_w  ln1_b
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from tinyembed.common.errors import ModelLoadError
-from tinyembed.engine.spec import ModelSpec
-from tinyembed.engine.tensor_reader import checkpoint_files
+from tinyembed.engine.checkpoints.spec import ModelSpec
+from tinyembed.engine.checkpoints.tensor_reader import checkpoint_files
 
 # Prefixes seen in the wild; a checkpoint uses one of them or none.
 PREFIXES = ("bert.", "roberta.", "model.", "encoder_model.")

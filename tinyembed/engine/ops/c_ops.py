@@ -6,7 +6,7 @@ activation costs as much in page faults as a GELU pass. Embedding, bias + GELU, 
 so the calling thread and NumpyOps' pool threads run ranges side by side. Small work runs in the
 calling thread alone: a pool hand-off costs tens of microseconds.
 
-`make_cpu_ops()` picks this class when the kernels build (cpu_build.py) and NumpyOps otherwise
+`make_cpu_ops()` picks this class when the kernels build (cpu_compile.py) and NumpyOps otherwise
 (no compiler, a failed build, or TINYEMBED_CPU_KERNELS=numpy), logging one line that says which.
 """
 
@@ -20,11 +20,10 @@ import threading
 from ctypes import c_float, c_int, c_long, c_void_p
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
-from tinyembed.engine import cpu_build
-from tinyembed.engine.cpu_threads import available_cores
-from tinyembed.engine.ops_numpy import NumpyOps
+from tinyembed.engine.build import cpu_compile
+from tinyembed.engine.build.cpu_threads import available_cores
+from tinyembed.engine.ops.numpy_ops import NumpyOps
 
 log = logging.getLogger("tinyembed")
 
@@ -68,8 +67,6 @@ class COps(NumpyOps):
         self._arena = threading.local()
         # BLAS and the kernels take turns, so each may use every available core, but no more:
         # an OpenBLAS sized by os.cpu_count() in a 1-CPU container spins threads on one core.
-        self._blas_libs = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
-        self._blas_threads = None
         self._set_blas_threads(self.threads)
 
     # -- buffers ------------------------------------------------------------------------------
@@ -122,10 +119,10 @@ class COps(NumpyOps):
         return out
 
     def _set_blas_threads(self, n: int) -> None:
-        if n != self._blas_threads:  # a direct call into the BLAS library: about a microsecond
-            for controller in self._blas_libs:
-                controller.set_num_threads(n)
-            self._blas_threads = n
+        # For the calling thread, on every call (about a microsecond; ops/blas_threads.py says
+        # why the process-wide setting is not enough): OpenBLAS's result depends on its thread
+        # count, so every GEMM of one shape must run with the same count on any thread.
+        self._gemm_threads.set(n)
 
     def matmul(self, x, w):
         out = self._buffer(x.shape[0], w.shape[1])
@@ -196,8 +193,8 @@ def make_cpu_ops(threads: int | None = None):
         log.info("cpu kernels: numpy (TINYEMBED_CPU_KERNELS=numpy), %d threads", ops.threads)
         return ops
     try:
-        lib, path, built = cpu_build.load(tuple(SIGNATURES) + tuple(NAIVE.values()))
-    except cpu_build.CpuBuildError as exc:
+        lib, path, built = cpu_compile.load(tuple(SIGNATURES) + tuple(NAIVE.values()))
+    except cpu_compile.CpuBuildError as exc:
         ops = NumpyOps(threads or available_cores())
         log.warning("cpu kernels: numpy (C kernels unavailable: %s), %d threads", exc, ops.threads)
         return ops

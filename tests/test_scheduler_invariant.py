@@ -162,3 +162,26 @@ def test_a_single_text_is_never_pushed_out_by_later_arrivals(monkeypatch, worker
     long_one = workers
     assert sim.first_batch[long_one] == workers + 1, sim.first_batch
     assert violations(sim, 0.0, None) == []
+
+
+def test_longest_current_wait_is_exported(monkeypatch):
+    """The gauges an alert reads: the longest-waiting request's seconds and batches since admission."""
+    sim = Sim(monkeypatch, max_batch_tokens=10, max_queue_tokens=100000)
+
+    def gauge(name: str) -> float:
+        line = next(line for line in sim.scheduler.metrics().splitlines() if line.startswith(name + "{"))
+        return float(line.rsplit(" ", 1)[1])
+    try:
+        sim.arrive([8], 1, None)  # computing
+        sim.arrive([8, 8, 8], 1, None)  # waits: one batch computing, one staged, more behind
+        sim.loop.advance(2.5)
+        assert gauge("tinyembed_scheduler_longest_wait_seconds") == pytest.approx(2.5)
+        assert gauge("tinyembed_scheduler_longest_wait_batches") == 1
+        sim.finish()
+        sim.loop.advance(1.0)
+        assert gauge("tinyembed_scheduler_longest_wait_seconds") == pytest.approx(3.5)
+        assert gauge("tinyembed_scheduler_longest_wait_batches") == 2
+        sim.drain()
+        assert gauge("tinyembed_scheduler_longest_wait_seconds") == 0
+    finally:
+        sim.close()

@@ -19,7 +19,6 @@ import heapq
 import itertools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile

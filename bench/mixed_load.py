@@ -8,11 +8,13 @@ the same run, alternating, each through the same points of bench/server.py:
 
 Per contender and round: interactive p50/p99 under bulk load, total throughput under mixed load
 over bulk alone, 1xN over 32x4 (throughput = tokens the server computed in the measured window,
-from its /metrics: exact even when one 256-text request outlasts the window). Then medians over rounds and the per-round
-after/before ratios. The goals (issue 12, 2-core CPU, MiniLM): p99 <= 300 ms, total >= 0.85x
-bulk alone, 1x16 >= 0.9x of 32x4.
+from its /metrics: exact even when one 256-text request outlasts the window), 1xN's own p50/p99,
+and what the server's histograms say (single texts' batches waited, bound violations). Then
+medians over rounds and the per-round after/before ratios. The goals (issue 23, 2-core CPU,
+MiniLM, quiet machine): under 256x2+1x16 interactive p99 <= 200 ms and p50 <= 60 ms, total >=
+0.9x bulk alone; 1x16 alone p99 <= 3x its p50; bulk alone no more than 5% below "before".
 
-    python -m bench.mixed_load --before /work/main --rounds 2 --duration 20
+    flock /work/bench.lock python -m bench.mixed_load --before /work/main --rounds 3 --duration 20 --wait-idle 1.5
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import platform
 import statistics
 import subprocess
 
+from bench.common import wait_for_idle
 from bench.corpus import mixed_corpus
-from bench.server import SpawnedServer, add_bulk_ratios, parse_points, run_any
+from bench.server import SpawnedServer, add_bulk_ratios, batch_stats, parse_points, run_any
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -41,8 +44,14 @@ def cpu_model() -> str:
 def measure(path: str | None, points: str, texts: list[str], args, server_args: list[str]) -> dict:
     """One contender, one round: spawn its server, run the points, summarise."""
     server = SpawnedServer(server_args, path)
+    waited: dict = {}
     try:
-        rows = [run_any(server.url, MODEL, None, texts, point, args) for point in parse_points(points)]
+        rows = []
+        for point in parse_points(points):
+            before = batch_stats(server.url)
+            rows.append(run_any(server.url, MODEL, None, texts, point, args))
+            if rows[-1].get("mixed"):  # the server's own view of the mixed point
+                waited = {**server_counts(server.url), **batch_delta(before, batch_stats(server.url))}
     finally:
         server.stop()
     add_bulk_ratios(rows)
@@ -57,8 +66,41 @@ def measure(path: str | None, points: str, texts: list[str], args, server_args: 
             "mixed_total_texts_per_s": mixed["texts_per_s"],
             "single_tokens_per_s": single["server_tokens_per_s"], "batched_tokens_per_s": batched["server_tokens_per_s"],
             "single_vs_batched": single["server_tokens_per_s"] / max(batched["server_tokens_per_s"], 1e-9),
-            "budget_tokens": (mixed.get("server_batches") or {}).get("budget_tokens"),
+            "single_alone_p50_ms": single["p50_ms"], "single_alone_p99_ms": single["p99_ms"],
+            "bulk_alone_texts_per_s": by_key[mixed["bulk_key"]]["texts_per_s"],
+            "mixed_texts_vs_bulk_alone": mixed["texts_per_s"] / max(by_key[mixed["bulk_key"]]["texts_per_s"], 1e-9),
+            **waited,
             "errors": sum(sum(r["errors"].values()) for r in rows), "load_after": os.getloadavg()[0]}
+
+
+def batch_delta(before: dict, after: dict) -> dict:
+    """Budget at the end, mean batch size and time over the point (the counters' difference)."""
+    batches = after.get("batches", 0) - before.get("batches", 0)
+    if batches <= 0:
+        return {}
+    tokens = after["batch_tokens_sum"] - before.get("batch_tokens_sum", 0.0)
+    ms = after["mean_batch_ms"] * after["batches"] - before.get("mean_batch_ms", 0.0) * before.get("batches", 0)
+    return {"mixed_budget_tokens": after.get("budget_tokens"), "mixed_batches": batches,
+            "mixed_mean_batch_tokens": tokens / batches, "mixed_mean_batch_ms": ms / batches}
+
+
+def server_counts(url: str) -> dict:
+    """From /metrics: single texts' most batches waited (histogram's upper bucket bound) and the
+    bound violations counted so far (absent on a server without the counter: None)."""
+    import http.client
+    import re
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    buckets = [(m.group(1), float(m.group(2))) for m in re.finditer(
+        r'tinyembed_scheduler_request_batches_waited_bucket\{[^}]*size="1",le="([^"]+)"\} (\S+)', text)]
+    total = next((count for le, count in buckets if le == "+Inf"), 0.0)
+    most = next((le for le, count in buckets if count == total), None) if total else None
+    violations = [float(v) for v in re.findall(r"tinyembed_scheduler_bound_violations_total\{[^}]*\} (\S+)", text)]
+    return {"single_max_batches_waited": most, "bound_violations": sum(violations) if violations else None}
 
 
 def main() -> None:
@@ -71,6 +113,8 @@ def main() -> None:
     parser.add_argument("--interactive", type=int, default=16, help="single-text clients")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `tinyembed serve` argument (both)")
     parser.add_argument("--json", help="also write the report here")
+    parser.add_argument("--wait-idle", type=float, metavar="LOAD", help="before each round, wait for the 1-min load below LOAD")
+    parser.add_argument("--wait-timeout", type=float, default=300.0, help="seconds to wait for --wait-idle (then run anyway)")
     args = parser.parse_args()
     args.encoding, args.truncate = "base64", False
     points = f"{args.bulk},{args.bulk}+1x{args.interactive},1x{args.interactive},32x4"
@@ -81,6 +125,8 @@ def main() -> None:
     for r in range(args.rounds):
         order = list(contenders) if r % 2 == 0 else list(reversed(contenders))  # alternate who goes first
         result = {}
+        if args.wait_idle:
+            print(f"round {r + 1}: " + json.dumps(wait_for_idle(args.wait_idle, args.wait_timeout)), flush=True)
         for name in order:
             result[name] = measure(contenders[name], points, texts, args, args.server_arg)
             print(f"round {r + 1} {name}: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
@@ -92,7 +138,8 @@ def main() -> None:
 
 def report(rounds: list[dict], args) -> None:
     keys = ("interactive_p50_ms", "interactive_p99_ms", "mixed_total_tokens_per_s", "bulk_alone_tokens_per_s",
-            "mixed_vs_bulk_alone", "single_tokens_per_s", "batched_tokens_per_s", "single_vs_batched")
+            "mixed_vs_bulk_alone", "bulk_alone_texts_per_s", "mixed_texts_vs_bulk_alone", "single_alone_p50_ms",
+            "single_alone_p99_ms", "single_tokens_per_s", "batched_tokens_per_s", "single_vs_batched")
     print(f"\n{'median over ' + str(len(rounds)) + ' rounds':<28} {'before':>10} {'after':>10}   per-round after/before")
     summary = {}
     for key in keys:

@@ -4,8 +4,8 @@ Asserted in batches, not seconds (the scheduler's own per-request histogram
 tinyembed_scheduler_request_batches_waited counts the batches computed after a request arrived
 and before its last batch, the one computing at arrival included):
 - a single text waits behind at most MAX_WAITED batches: the one computing, and at most one more;
-  nearly always only the one computing (the staged batch gives it room by pushing another
-  request's tail to the next batch; without that, about half of them wait for two);
+  nearly always only the one computing (it ranks ahead of the bulk requests' later chunks, so
+  the staged batch is formed again with it; without that, about half of them wait for two);
 - the bulk requests are not starved: every bulk client completes requests while the single-text
   clients keep the queue busy.
 """

@@ -135,3 +135,19 @@ def test_random_load_keeps_every_invariant(seed):
     assert kinds["ok"] >= 25 and kinds["cancelled"] > 0, kinds  # (the rest: Overloaded, DeadlineExceeded)
     assert snapshot["unfinished_tokens"] == 0 and sum(snapshot["queued_sequences"].values()) == 0
     assert snapshot["peak_unfinished_tokens"] <= 4000
+
+
+def test_stale_entries_do_not_pile_up_under_take_backs():
+    """Every take-back re-enters its requests (the old entries go stale and leave lazily): the
+    heaps stay proportional to the live requests, not to the history."""
+    q = TierQueues(max_batch_tokens=50, chunk_tokens=5)
+    for _ in range(4):
+        q.add(_req([5] * 2000))
+    for k in range(2000):
+        batch, _ = q.form(0.0)
+        if k % 3:
+            q.restore(batch)  # taken back, as after a cancellation or an arrival ranked ahead
+        else:
+            q.launched(batch)
+    assert q.has_work()
+    assert sum(len(h) for h in q.heaps) + len(q.aging) <= 20 * 4 + 300

@@ -11,23 +11,45 @@ several for a DevicePool, scheduler/devices.py) and at most one batch staged beh
 Models on the same device share its compute thread. The staged batch
 is formed (and, once it is large, packed) on the loop while the current one computes, and
 launched the moment the compute thread is free (pipelining). It is not final until launched:
-an arrival that still fits is added to it; a better-tier arrival, or the cancellation of one
-of its requests, takes it back and it is formed again.
+an arrival that ranks behind everything in it joins it if it fits; one ranked ahead of work in
+it that needs that room (a first chunk vs. others' later chunks, a better tier), or the
+cancellation of one of its requests, takes it back (every request keeps its rank) and it is
+formed again, so the batch that launches is always what the former would make at that moment.
+
+The invariant (checked at every launch: TierQueues.closed_to; property-tested over random
+interleavings in tests/test_scheduler_invariant.py). Every batch launched while a request r of
+tier T still has sequences waiting (and is neither cancelled nor past its deadline) either
+carries some of r, or is closed to r: the work in it ranked ahead of r, plus r's next sequence,
+does not fit the batch's limit for T (or it holds max_batch_sequences). Ranked ahead of r's
+first chunk: better tiers, aged work (at most aged_share of a batch) and the first chunks of
+T admitted before r; ahead of a later chunk, also the round-robin turns of T before r's. Nothing
+admitted after r, and no worse-tier work beyond the aged share, ever takes r's room. The bound
+that follows, in the terms of the batches-waited histogram: a request waits for the batches
+computing when it arrives (one per device), then for its own batches (chunk count), plus only
+the batches closed to it; so K = 1 (one device) for a request that fits in one batch when
+nothing ranked ahead fills the next one, chunks + 1 otherwise. A request a launched batch leaves
+out while open to it counts in tinyembed_scheduler_bound_violations_total (must stay 0); the
+longest current wait is exported too (tinyembed_scheduler_longest_wait_seconds / _batches).
+
+Why the bound broke before (the sidecar bench's p99 of seconds): when a newcomer did not fit
+the staged batch, `make_room` evicted the tail of the largest other request's share, and the
+evicted sequences queued behind every newer first chunk. A long single text in the staged
+batch was that largest share, so each short arrival during a batch pushed it out again: it ran
+only when arrivals paused (tests: test_a_single_text_is_never_pushed_out_by_later_arrivals).
+A take-back (better-tier arrival, cancellation) put its picks ahead of older first chunks too.
 
 Batch size: each lane's `BatchBudget` (scheduler/budget.py) learns how batch time grows with
 batch size (a line fitted to recent batches: fixed overhead + tokens / peak rate) and sets the
 token budget of the next batches so that one batch stays within `max_batch_latency` seconds and
 is no larger than needed for near-peak throughput; `max_batch_tokens` is the hard cap. Without
 a latency target the budget is max_batch_tokens. Round-robin chunks (a request's share per
-turn) are budget // 8, a request's first chunk comes before others' later ones, and a newcomer
-that finds the staged batch full takes the place of the tail of the largest other request's
-share in it (TierQueues.make_room), so a short request nearly always waits behind only the
-batch computing when it arrived.
+turn) are budget // 8.
 
 Backpressure: a lane holds at most `max_queue_tokens` admitted-but-unfinished tokens (queued,
 staged and computing). An embed() that would pass the bound raises Overloaded(retry_after),
 retry_after = the excess over the bound / the measured drain rate (EWMA of tokens/s of recent
-batches). An empty lane admits any request, so a request larger than the bound still runs.
+batches, times the devices of a DevicePool: they drain the queue together). An empty lane
+admits any request, so a request larger than the bound still runs.
 
 Cancellation: when the awaiting task is cancelled (the client went away; its future is
 cancelled at that moment) or its deadline passes, the request's not-yet-launched sequences
@@ -50,7 +72,7 @@ from tinyembed.common.metrics import LATENCY_BUCKETS, Registry
 from tinyembed.scheduler.budget import BatchBudget
 from tinyembed.scheduler.devices import compute_executor
 from tinyembed.scheduler.runner import DeadlineExceeded, Overloaded
-from tinyembed.scheduler.queues import PRIORITY, TIER_RANK, TIERS, FormedBatch, Request, TierQueues
+from tinyembed.scheduler.queues import ADDED, REFORM, TIER_RANK, TIERS, FormedBatch, Request, TierQueues
 
 __all__ = ["Scheduler", "Overloaded", "DeadlineExceeded"]
 
@@ -186,15 +208,23 @@ class _Lane:
         self.queues = TierQueues(**scheduler._queue_args)
         self.budget = BatchBudget(scheduler.max_batch_tokens, scheduler.max_batch_latency)
         self.queues.set_budget(self.budget.tokens)
+        for tier in TIERS:  # present from the start: an alert on it needs the series
+            self.stats.bound_violations.inc(self.name, tier, by=0)
         self.max_tokens = scheduler.max_queue_tokens
         self.workers = getattr(engine, "workers", 1)  # devices: batches that may compute at once
         self.computing: list[FormedBatch] = []
         self.staged: FormedBatch | None = None
         self.peak_unfinished_tokens = 0
-        self.drain_rate = 0.0  # tokens/s, EWMA over batches
+        self.device_rate = 0.0  # tokens/s of one device, EWMA over batches
         self.kick_pending = False
         self.idle = asyncio.Event()
         self.idle.set()
+
+    @property
+    def drain_rate(self) -> float:
+        """Tokens/s the lane drains: a batch's rate on one device times the devices computing at
+        once (a queue long enough to refuse requests keeps every device busy)."""
+        return self.device_rate * self.workers
 
     @property
     def unfinished_tokens(self) -> int:
@@ -215,14 +245,12 @@ class _Lane:
         self.peak_unfinished_tokens = max(self.peak_unfinished_tokens, unfinished + req.tokens)
         self.idle.clear()
         staged = self.staged
-        if staged is not None:
-            if req.tier < staged.worst_tier and not (req.tier == PRIORITY and staged.capped):
-                self.unstage()  # a better tier: form it again, the newcomer first
-            elif staged.has_room(req.tier, min(req.lengths), self.queues.max_seqs):
-                if self.queues.top_up(staged, req):
-                    staged.packed = None  # packed again in step()
-            elif self.queues.make_room(staged, req):
-                staged.packed = None
+        if staged is not None:  # keep the staged batch what the former would make now
+            action = self.queues.offer(staged, req)
+            if action == REFORM:
+                self.unstage()  # formed again in step(), ranks kept
+            elif action == ADDED:
+                staged.packed = None  # packed again in step()
         self.kick()
 
     def retry_after(self, tokens: int) -> float:
@@ -311,8 +339,10 @@ class _Lane:
             self.queues.restore(staged)
 
     def launch(self, batch: FormedBatch) -> None:
-        self.queues.launched(batch)
         now = time.monotonic()
+        for req in self.queues.closed_to(batch, now):  # the invariant: must stay empty
+            self.stats.bound_violations.inc(self.name, TIERS[req.tier])
+        self.queues.launched(batch)
         number = self.queues.batches_launched  # this batch's
         for req in batch.requests():
             if req.started is None:
@@ -392,7 +422,7 @@ class _Lane:
         self.stats.batch_sequences.observe(batch.num_seqs, self.name)
         self.stats.batch_seconds.observe(seconds, self.name)
         rate = batch.tokens / seconds
-        self.drain_rate = rate if not self.drain_rate else 0.8 * self.drain_rate + 0.2 * rate
+        self.device_rate = rate if not self.device_rate else 0.8 * self.device_rate + 0.2 * rate
         self.budget.observe(batch.tokens, seconds)
         self.queues.set_budget(self.budget.tokens)
 
@@ -420,6 +450,21 @@ class _Lane:
         s.max_unfinished_tokens.set(self.max_tokens, self.name)
         s.drain_rate.set(round(self.drain_rate, 3), self.name)
         s.budget.set(self.budget.tokens, self.name)
+        seconds, batches = self.longest_wait()
+        s.longest_wait.set(round(seconds, 6), self.name)
+        s.longest_wait_batches.set(batches, self.name)
+
+    def longest_wait(self) -> tuple[float, int]:
+        """(seconds, batches started) since admission, the longest of the requests now waiting."""
+        waiting = set(self.queues.waiting())
+        if self.staged is not None:
+            waiting |= self.staged.requests()
+        waiting = [r for r in waiting if not r.dropped and not r.future.done()]
+        if not waiting:
+            return 0.0, 0
+        now = time.monotonic()
+        return (max(now - r.admitted for r in waiting),
+                max(self.queues.batches_launched - r.seen_batch for r in waiting))
 
 
 def size_class(inputs: int) -> str:
@@ -447,7 +492,7 @@ class _Stats:
         self.max_unfinished_tokens = r.gauge("tinyembed_scheduler_max_queue_tokens",
                                              "Bound on unfinished tokens; beyond it requests get 503", ("model",))
         self.drain_rate = r.gauge("tinyembed_scheduler_drain_tokens_per_second",
-                                  "Measured compute throughput (EWMA over batches)", ("model",))
+                                  "Measured compute throughput of the model's devices together (EWMA over batches)", ("model",))
         self.batch_tokens = r.histogram("tinyembed_scheduler_batch_tokens", "Tokens per batch", ("model",),
                                         BATCH_TOKEN_BUCKETS)
         self.batch_sequences = r.histogram("tinyembed_scheduler_batch_sequences", "Sequences per batch",
@@ -473,6 +518,16 @@ class _Stats:
         self.rejected = r.counter("tinyembed_scheduler_rejected_total",
                                   "Requests refused or dropped, by reason "
                                   "(queue_full, stopping, deadline, cancelled)", ("model", "reason"))
+        self.bound_violations = r.counter(
+            "tinyembed_scheduler_bound_violations_total",
+            "Requests a launched batch left out although it had room for their next sequence after the work "
+            "ranked ahead of them (the scheduling invariant, see scheduler/continuous.py): must stay 0",
+            ("model", "tier"))
+        self.longest_wait = r.gauge("tinyembed_scheduler_longest_wait_seconds",
+                                    "Longest time since admission of a request now waiting for a batch", ("model",))
+        self.longest_wait_batches = r.gauge("tinyembed_scheduler_longest_wait_batches",
+                                            "Most batches started since admission of a request now waiting for "
+                                            "a batch", ("model",))
         self.usage_requests = r.counter("tinyembed_usage_requests_total",
                                         "Completed embedding requests per API key", ("key", "model"))
         self.usage_tokens = r.counter("tinyembed_usage_tokens_total",

@@ -6,8 +6,9 @@ with_dimensions) and says how many batches may compute at once (`workers`). Its 
 executor has one thread per device, each thread bound to its device for life: a launched batch
 is picked up by whichever thread is free, so it runs on whichever device is free, and no device
 ever runs two batches at once (models sharing the devices share the threads). The
-per-request baseline runner (`--batching per-request`) has one compute thread: with a pool it
-uses the first device only.
+per-request baseline runner (`--batching per-request`) uses the same executor: concurrent
+requests run on every device. Both runners' Retry-After divide the queue by the pool's drain
+rate (one device's rate times the devices).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import numpy as np
 
 from tinyembed.engine import Engine
 from tinyembed.common.metrics import TOKEN_BUCKETS, Registry
+from tinyembed.scheduler.devices import compute_executor
 
 
 class Overloaded(Exception):
@@ -64,13 +65,15 @@ def split_by_tokens(sequences: list[np.ndarray], max_tokens: int) -> list[list[n
 
 
 class DirectRunner:
-    """Each request runs on one compute thread, in chunks of at most max_batch_tokens, in
-    arrival order; chunks of concurrent requests interleave. No batching across requests."""
+    """Each request runs on a compute thread, in chunks of at most max_batch_tokens, in
+    arrival order; chunks of concurrent requests interleave. No batching across requests.
+    One compute thread per device (scheduler/devices.py): with a DevicePool, concurrent
+    requests' chunks run on every device at once."""
 
     def __init__(self, max_batch_tokens: int = 16384, max_queue_tokens: int = 500_000):
         self.max_batch_tokens = max_batch_tokens
         self.max_queue_tokens = max_queue_tokens
-        self._pool: ThreadPoolExecutor | None = None
+        self._pools: dict[str, ThreadPoolExecutor] = {}  # device(s) -> their compute threads
         self._queued_tokens = 0  # admitted and not finished, the running chunk included
         self._active = 0
         self._idle: asyncio.Event | None = None
@@ -83,15 +86,15 @@ class DirectRunner:
         self._queue_tokens.set(0)
 
     def start(self) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tinyembed-compute")
         self._idle = asyncio.Event()
         self._idle.set()
 
     async def stop(self) -> None:
         if self._idle is not None:
             await self._idle.wait()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=True)
+        self._pools.clear()
 
     def metrics(self) -> str:
         self._queue_tokens.set(self._queued_tokens)
@@ -102,7 +105,11 @@ class DirectRunner:
         tokens = sum(len(s) for s in sequences)
         # Always admit into an empty queue, so a request larger than the bound still runs.
         if self._queued_tokens and self._queued_tokens + tokens > self.max_queue_tokens:
-            raise Overloaded(self._wait_estimate())
+            raise Overloaded(self._wait_estimate(getattr(engine, "workers", 1)))
+        device = str(getattr(engine.info, "device", "cpu"))
+        pool = self._pools.get(device)
+        if pool is None:  # one thread per device, bound to it; models on a device share them
+            pool = self._pools[device] = compute_executor(engine)
         self._queued_tokens += tokens
         self._active += 1
         self._idle.clear()
@@ -115,7 +122,7 @@ class DirectRunner:
                 chunk_deadline = deadline if i == 0 else None
                 submitted = time.monotonic()
                 vectors, started, finished = await loop.run_in_executor(
-                    self._pool, _run_batch, engine, chunk, chunk_deadline)
+                    pool, _run_batch, engine, chunk, chunk_deadline)
                 self._record(submitted, started, finished, sum(len(s) for s in chunk))
                 outputs.append(vectors)
             return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
@@ -132,10 +139,11 @@ class DirectRunner:
         rate = tokens / max(finished - started, 1e-6)
         self._tokens_per_second = rate if not self._tokens_per_second else 0.8 * self._tokens_per_second + 0.2 * rate
 
-    def _wait_estimate(self) -> float:
+    def _wait_estimate(self, devices: int = 1) -> float:
+        """The queue over the drain rate: one device's rate times the devices working on it."""
         if not self._tokens_per_second:
             return 1.0
-        return max(1.0, math.ceil(self._queued_tokens / self._tokens_per_second))
+        return max(1.0, math.ceil(self._queued_tokens / (self._tokens_per_second * devices)))
 
 
 def _run_batch(engine: Engine, chunk: list[np.ndarray], deadline: float | None):

@@ -15,8 +15,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import sys
-import threading
 from ctypes import c_float, c_int, c_long, c_void_p
 
 import numpy as np
@@ -24,6 +22,7 @@ from threadpoolctl import ThreadpoolController
 
 from tinyembed.engine.build import cpu_compile
 from tinyembed.engine.build.cpu_threads import available_cores
+from tinyembed.engine.ops.arena import Arena
 from tinyembed.engine.ops.numpy_ops import NumpyOps
 
 log = logging.getLogger("tinyembed")
@@ -65,7 +64,7 @@ class COps(NumpyOps):
             fn = getattr(lib, NAIVE.get(name, name) if naive else name)
             fn.argtypes, fn.restype = argtypes, restype
             self._fn[name] = fn
-        self._arena = threading.local()
+        self.arena = Arena()  # work buffers, sized by Engine.reserve_work from the batch cap
         # BLAS and the kernels take turns, so each may use every available core, but no more:
         # an OpenBLAS sized by os.cpu_count() in a 1-CPU container spins threads on one core.
         self._blas_libs = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
@@ -74,19 +73,8 @@ class COps(NumpyOps):
 
     # -- buffers ------------------------------------------------------------------------------
     def _buffer(self, rows: int, cols: int) -> np.ndarray:
-        """A (rows, cols) float32 array carved from a reused buffer that nothing else references
-        (a live view keeps its base's reference count up). One pool of buffers per thread."""
-        pools = getattr(self._arena, "pools", None)
-        if pools is None:
-            pools = self._arena.pools = {}
-        bases = pools.setdefault(cols, [])
-        for base in bases:
-            if base.shape[0] >= rows and sys.getrefcount(base) <= 3:  # bases, `base`, the call
-                return base[:rows]
-        bases[:] = [b for b in bases if sys.getrefcount(b) > 3]  # drop free buffers too small
-        base = np.empty((rows, cols), dtype=np.float32)
-        bases.append(base)
-        return base[:rows]
+        """A (rows, cols) float32 work buffer from the arena (ops/arena.py): reused between batches."""
+        return self.arena.take(rows, cols)
 
     def _new_output(self, rows: int, cols: int) -> np.ndarray:
         return np.empty((rows, cols), dtype=np.float32)

@@ -22,13 +22,14 @@ from tinyembed.server import limits as limits_
 from tinyembed.server.auth import ApiKeys
 from tinyembed.server.limits import echo
 from tinyembed.server.memory import MemoryReturner
+from tinyembed.server.memory_guard import MemoryGuard
 from tinyembed.server.config import ModelSource, ServerConfig
 from tinyembed.engine import Engine
 from tinyembed.common.errors import InputError, TinyEmbedError
 from tinyembed.server.http import Request, Response, Server, error_response
 from tinyembed.common.metrics import TOKEN_BUCKETS, Registry
 from tinyembed.server.protocol import (ApiError, EmbeddingRequest, ModelCard, ModelList, Status, TokenizeRequest,
-                       TokenizeResponse, Tokens, Usage, decode_request, encode, encode_embeddings,
+                       TokenizeResponse, Tokens, Usage, decode_request, encode,
                        check_no_prompt_for_ids, parse_input, parse_texts)
 from tinyembed.server.ratelimit import RateLimited, RateLimiter
 from tinyembed.scheduler.runner import DeadlineExceeded, DirectRunner, Overloaded, Runner
@@ -39,7 +40,6 @@ log = logging.getLogger("tinyembed")
 access_log = logging.getLogger("tinyembed.access")
 
 JSON_TYPES = ("application/json",)
-ENCODE_OFF_LOOP = 65536  # floats; bigger responses are encoded on a worker thread
 # /docs: a static page (routes, a box to try embeddings, a similarity matrix) that calls the API from the browser
 DOCS_PAGE = resources.files("tinyembed.server").joinpath("docs_page.html").read_bytes()
 
@@ -92,6 +92,8 @@ class App:
         self.server: Server | None = None
         self.pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tinyembed-tokenize")
         self.memory = MemoryReturner()  # malloc_trim after large requests
+        # issue 27: --max-memory (set up in load(), once the models are there)
+        self.memory_guard = MemoryGuard(config.max_memory, config.http.send_buffer_bytes, config.max_batch_tokens)
         self.routes = {
             "/v1/embeddings": {"POST": self.embeddings},
             "/embeddings": {"POST": self.embeddings},
@@ -134,6 +136,8 @@ class App:
             for name in (source.name, *source.aliases):
                 self.models[name] = Served(name, source.name, engine, created)
             log.info("model %s ready: %s", source.name, engine.info)
+        await asyncio.get_running_loop().run_in_executor(  # issue 27: measure, size batches and the budget
+            None, self.memory_guard.setup, [engine for _, engine in loaded], self.runner)
         self.ready = True
         self.m_ready.set(1)
         for group in self.groups:
@@ -246,8 +250,21 @@ class App:
         if id_arrays is not None:
             check_no_prompt_for_ids(req)
         truncate = self.config.auto_truncate if req.truncate is None else req.truncate
+        # issue 27: the request's memory, reserved before the heavy work, released once its reply is written
+        cost = (len(request.body), engine, req.dimensions, req.encoding_format == "base64")
+        held = self.memory_guard.reserve(cost[0], texts, id_arrays, *cost[1:], truncate, limits.max_tokens_per_request)
+        try:
+            return await self._embed(request, ctx, req, served, texts, id_arrays, truncate, tier, held, cost)
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
+
+    async def _embed(self, request, ctx, req, served, texts, id_arrays, truncate, tier, held, cost) -> Response:
+        engine, limits = served.engine, self.config.requests
         sequences = await self._tokenize(ctx, engine, texts, id_arrays, truncate, req.input_type, req.prompt_name)
         tokens = ctx.tokens = sum(len(s) for s in sequences)
+        self.memory_guard.resize(held, cost[0], len(sequences), tokens, *cost[1:])
         tier = self._check_tokens(ctx, tokens, tier)
         self.m_tokens.observe(tokens)
         tier = "default" if tier == "auto" else tier
@@ -258,11 +275,8 @@ class App:
         vectors = await self.runner.embed(engine, sequences, tier=tier, key=ctx.key, deadline=deadline)
         ctx.embed_s = time.monotonic() - started
         vectors = engine.with_dimensions(vectors, req.dimensions)
-        args = (vectors, req.encoding_format == "base64", req.model, tokens, tier)
-        if vectors.size > ENCODE_OFF_LOOP:
-            body = await asyncio.get_running_loop().run_in_executor(self.pool, encode_embeddings, *args)
-        else:
-            body = encode_embeddings(*args)
+        body = await self.memory_guard.reply(held, vectors, req.encoding_format == "base64", req.model, tokens, tier,
+                                             self.pool)  # a large reply is streamed (reply_writer.py)
         return Response(200, body)
 
     def _check_tokens(self, ctx, tokens: int, tier: str = "default") -> str:
@@ -329,7 +343,7 @@ class App:
     async def metrics(self, request: Request, ctx: Context) -> Response:
         if self.server is not None:
             self.m_connections.set(len(self.server.connections))
-        text = self.registry.render() + self.runner.metrics()
+        text = self.registry.render() + self.runner.metrics() + self.memory_guard.metrics()
         return Response(200, text.encode(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def openapi(self, request: Request, ctx: Context) -> Response:

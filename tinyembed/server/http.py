@@ -29,6 +29,7 @@ import httptools
 
 from tinyembed.server.config import HttpLimits
 from tinyembed.server.protocol import error_body, reason
+from tinyembed.server.reply_writer import StreamedBody
 
 log = logging.getLogger("tinyembed.server.http")
 
@@ -333,7 +334,10 @@ class Connection(asyncio.Protocol):
                 log.exception("unhandled error answering request %s", item.id)
                 response = error_response(500, "internal_error", f"Internal server error (request id {item.id}).")
             close = not item.keep_alive or self.server.draining
-            self._write(response, head=item.method == "HEAD", close=close, request=item)
+            if isinstance(response.body, StreamedBody):  # issue 27: a large reply, block by block
+                await response.body.send(self, self._head(response, close, item))
+            else:
+                self._write(response, head=item.method == "HEAD", close=close, request=item)
             if close:
                 self._close()
                 return
@@ -349,15 +353,29 @@ class Connection(asyncio.Protocol):
     def _write(self, response: Response, head: bool, close: bool, request: Request | None = None) -> None:
         if self.closing:
             return
+        head_bytes = self._head(response, close, request)
+        if head or len(response.body) < SEPARATE_BODY_BYTES:
+            self.transport.write(head_bytes if head else head_bytes + response.body)
+        else:  # issue 27: a large body is not copied once more just to join the head to it
+            self.transport.write(head_bytes)
+            self.transport.write(response.body)
+
+    def _head(self, response: Response, close: bool, request: Request | None) -> bytes:
+        streamed = isinstance(response.body, StreamedBody)
         lines = [f"HTTP/1.1 {response.status} {reason(response.status)}",
                  f"content-type: {response.content_type}",
-                 f"content-length: {len(response.body)}"]
+                 "transfer-encoding: chunked" if streamed else f"content-length: {len(response.body)}"]
         if request is not None:
             lines.append(f"x-request-id: {request.id}")
         lines.extend(f"{name}: {value}" for name, value in response.headers)
         lines.append("connection: close" if close else "connection: keep-alive")
-        head_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.transport.write(head_bytes if head else head_bytes + response.body)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    async def wait_drained(self) -> None:
+        """Until what was written has left the send buffer (a streamed reply's next block waits)."""
+        if self.write_paused and not self.closing:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
 
     # -- errors, timeouts, closing -------------------------------------------------------------
     def _fail(self, response: Response) -> None:
@@ -410,6 +428,7 @@ class Connection(asyncio.Protocol):
 
 
 BODY_BUFFER_MIN = 64 * 1024  # smaller bodies arrive in one chunk or two: joining them is free
+SEPARATE_BODY_BYTES = 64 * 1024  # replies from this size on are written apart from their head
 
 
 def _too_large(limit: int) -> Response:

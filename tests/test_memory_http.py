@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import start_server
+from conftest import RawClient, start_server
 
 LIMIT_MB = 200
 MODEL = "all-MiniLM-L6-v2"
@@ -24,7 +24,8 @@ MODEL = "all-MiniLM-L6-v2"
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     proc = start_server(tmp_path_factory, "memory", ["--model", MODEL, "--max-memory", f"{LIMIT_MB}M",
-                                                     "--no-access-log", "--tokenizer-threads", "1"])
+                                                     "--no-access-log", "--tokenizer-threads", "1",
+                                                     "--max-body-bytes", str(64 << 20)])
     yield proc
     assert proc.stop() == 0, proc.log()
 
@@ -114,3 +115,15 @@ def test_twenty_concurrent_large_requests_stay_under_the_budget(small):
     print(f"{ok} of 20 answered 200, peak RSS {peak[0] / 2**20:.1f} MB")
     assert small.request("GET", "/health").status == 200
     assert small.metric("tinyembed_memory_reserved_bytes") == 0  # every reservation came back
+
+
+def test_a_body_that_cannot_fit_is_refused_before_it_is_read(small):
+    capacity = small.metric("tinyembed_memory_budget_bytes", part="requests")
+    length = int(capacity) + (1 << 20)  # under --max-body-bytes, over what requests may hold
+    client = RawClient(small.port)
+    client.send(f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {length}\r\n\r\n".encode())  # no body byte sent
+    reply = client.response()
+    assert reply.status == 413, reply
+    assert reply.error["code"] == "payload_too_large" and "--max-memory" in reply.error["message"]
+    assert small.metric("tinyembed_memory_reserved_bytes") == 0

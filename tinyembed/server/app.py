@@ -408,7 +408,8 @@ async def run_server(config: ServerConfig, *, runner: Runner | None = None, load
     """Serve until SIGTERM/SIGINT (or `stop` is set); returns the exit code."""
     stop = stop or asyncio.Event()
     app = App(config, runner, loader, mounts)
-    server = app.server = Server(app.handle, config.http, on_reject=app.count_reject)
+    server = app.server = Server(app.handle, config.http, on_reject=app.count_reject,
+                                 body_gate=app.memory_guard.admit_body)  # issue 27
     addresses = await server.listen(config.host, config.port)
     for address in addresses:
         log.info("tinyembed listening on http://%s:%d", *address[:2])

@@ -39,12 +39,13 @@ _ID_PREFIX = os.urandom(3).hex()
 
 
 class Request:
-    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "id", "arrived", "client")
+    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "id", "arrived", "client", "hold")
 
     def __init__(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
                  keep_alive: bool, arrived: float, client: str):
         self.method, self.path, self.query, self.headers = method, path, query, headers
         self.body, self.keep_alive, self.arrived, self.client = body, keep_alive, arrived, client
+        self.hold = None  # issue 27: the body's memory reservation (released once answered)
         given = headers.get("x-request-id", "")
         self.id = given if _REQUEST_ID.match(given) else f"{_ID_PREFIX}-{next(_request_ids)}"
 
@@ -78,9 +79,11 @@ class Server:
     """Owns the listening socket and the set of open connections; drains them on shutdown."""
 
     def __init__(self, handler: Handler, limits: HttpLimits,
-                 on_reject: Callable[[Response], None] | None = None):
+                 on_reject: Callable[[Response], None] | None = None, body_gate=None):
         self.handler = handler
         self.limits = limits
+        # issue 27: body_gate(Content-Length) -> a hold with release(), or a Response refusing the body
+        self.body_gate = body_gate
         self.on_reject = on_reject or (lambda response: None)
         self.connections: set[Connection] = set()
         self.draining = False
@@ -146,6 +149,7 @@ class Connection(asyncio.Protocol):
         self._body_buffer: bytearray | None = None  # sized from Content-Length: one copy of a big body
         self._body_size = 0
         self._arrived = 0.0
+        self._body_hold = None  # (a hold dropped unreleased is released by its finalizer)
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -262,6 +266,11 @@ class Connection(asyncio.Protocol):
         length = self._headers.get("content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.limits.max_body_bytes:
             raise self._reject(_too_large(self.limits.max_body_bytes))
+        if self.server.body_gate is not None and length is not None and length.strip().isdigit():
+            hold = self.server.body_gate(int(length))  # issue 27: memory for the body, before reading it
+            if isinstance(hold, Response):
+                raise self._reject(hold)
+            self._body_hold = hold
         if length is not None and length.strip().isascii() and length.strip().isdigit() and \
                 int(length) >= BODY_BUFFER_MIN:
             self._body_buffer = bytearray(int(length))  # filled in place: no list of chunks joined later
@@ -293,6 +302,7 @@ class Connection(asyncio.Protocol):
             arrived=self._arrived,
             client=self.client,
         )
+        request.hold = self._body_hold
         self._reset_request()
         self._enqueue(request)
         if len(self.queue) >= self.limits.max_pipelined and not self.reading_paused:
@@ -333,6 +343,9 @@ class Connection(asyncio.Protocol):
             except Exception:  # the handler should never raise; if it does, answer anyway
                 log.exception("unhandled error answering request %s", item.id)
                 response = error_response(500, "internal_error", f"Internal server error (request id {item.id}).")
+            finally:
+                if item.hold is not None:  # issue 27: the body's memory, back to the budget
+                    item.hold.release()
             close = not item.keep_alive or self.server.draining
             if isinstance(response.body, StreamedBody):  # issue 27: a large reply, block by block
                 await response.body.send(self, self._head(response, close, item))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 import numpy as np
 
@@ -35,8 +36,10 @@ from tinyembed.common.errors import TinyEmbedError
 from tinyembed.common.metrics import Registry
 from tinyembed.scheduler import memory_budget as mb
 from tinyembed.scheduler.memory_budget import MIB, MemoryBudget, Reservation, TooLarge, process_rss
+from tinyembed.scheduler.runner import Overloaded
 from tinyembed.server.memory import trim
 from tinyembed.server.protocol import ApiError, encode_embeddings
+from tinyembed.server.http import error_response
 from tinyembed.server.reply_writer import StreamedBody
 
 log = logging.getLogger("tinyembed.memory")
@@ -45,6 +48,7 @@ DEFAULT_HEADROOM = 144 * MIB  # --max-memory unset: the measured baseline + this
 WORK_SHARE = 0.5  # of what the limit leaves above the baseline, for the forward's work buffers
 TOKEN_ROUND = 64  # the batch cap is a multiple of this
 ENCODE_OFF_LOOP = 65536  # floats; bigger small replies are encoded on a worker thread
+BODY_GATE_MIN = 64 * 1024  # bodies from this size on are reserved before they are read
 
 
 class MemoryLimitTooLow(TinyEmbedError):
@@ -116,6 +120,21 @@ class MemoryGuard:
         else:
             inputs, tokens = len(id_arrays), sum(len(ids) for ids in id_arrays)
         return self._reserve(self._cost(body, inputs, min(tokens, max_tokens), engine, dims, base64))
+
+    def admit_body(self, nbytes: int):
+        """The HTTP layer, once a request's headers are in: hold `nbytes` for its body before
+        reading it, or a Response refusing it (503 beside requests in flight; 413 when it can
+        never fit). Released once the request is answered. Small bodies pass free."""
+        if self.budget is None or nbytes < BODY_GATE_MIN:
+            return None
+        try:
+            return self.budget.reserve(nbytes)
+        except Overloaded as e:
+            return error_response(503, "server_overloaded", "The server's memory budget is in use; retry shortly.",
+                                  headers=(("Retry-After", str(max(1, math.ceil(e.retry_after)))),))
+        except TooLarge as e:
+            return error_response(413, "payload_too_large", f"A body of {_mb(nbytes)} cannot fit the server's "
+                                  f"memory budget for requests ({_mb(e.capacity)}, --max-memory); send less.")
 
     def resize(self, held: Reservation | None, body: int, inputs: int, tokens: int, engine, dims, base64) -> None:
         """After tokenizing: the real token count (smaller: never refused)."""

@@ -136,8 +136,7 @@ class App:
             for name in (source.name, *source.aliases):
                 self.models[name] = Served(name, source.name, engine, created)
             log.info("model %s ready: %s", source.name, engine.info)
-        await asyncio.get_running_loop().run_in_executor(  # issue 27: measure, size batches and the budget
-            None, self.memory_guard.setup, [engine for _, engine in loaded], self.runner)
+        await self.memory_guard.setup([engine for _, engine in loaded], self.runner)  # issue 27: --max-memory
         self.ready = True
         self.m_ready.set(1)
         for group in self.groups:

@@ -34,6 +34,7 @@ import numpy as np
 
 from tinyembed.common.errors import TinyEmbedError
 from tinyembed.common.metrics import Registry
+from tinyembed.engine import Engine
 from tinyembed.scheduler import memory_budget as mb
 from tinyembed.scheduler.memory_budget import MIB, MemoryBudget, Reservation, TooLarge, process_rss
 from tinyembed.scheduler.runner import Overloaded
@@ -74,11 +75,11 @@ class MemoryGuard:
                                  "(503), rss (503: the process is over its limit), too_large (400)", ("reason",))
 
     # -- start ---------------------------------------------------------------------------------
-    def setup(self, engines: list, runner) -> None:
-        """Blocking (run on a worker thread): warm up, measure, size the batch cap and the budget."""
-        for engine in engines:
-            _warm_up(engine)
-        trim()
+    async def setup(self, engines: list, runner) -> None:
+        """Warm up (on a worker thread), measure, size the batch cap and the budget."""
+        real = [engine for engine in engines if isinstance(engine, Engine)]
+        if real:  # (no thread hop otherwise: a stand-in engine is ready at once, as before)
+            await asyncio.get_running_loop().run_in_executor(None, _warm_up, real)
         baseline = process_rss()
         limit = self.requested if self.requested else baseline + DEFAULT_HEADROOM
         per_token = sum(_work_bytes(e, 1) for e in engines)
@@ -197,15 +198,16 @@ def _work_bytes(engine, tokens: int) -> int:
     return work(tokens) if work is not None else 0
 
 
-def _warm_up(engine) -> None:
-    """One batch of the model's longest input: first-use buffers are part of the baseline."""
-    length = getattr(getattr(engine, "info", None), "max_input_tokens", 0)
-    if not length or not hasattr(engine, "pack"):
-        return
-    try:
-        engine.embed(engine.pack([np.full(length, 100, dtype=np.int32)]))
-    except Exception as exc:  # noqa: BLE001 - a warm-up is not worth failing the start over
-        log.warning("memory budget: warm-up batch failed (%s); the baseline may be low", exc)
+def _warm_up(engines: list[Engine]) -> None:
+    """One batch of each model's longest input, then a trim: first-use buffers (BLAS, kernels)
+    are part of the baseline, what the batch freed is not. (Only real Engines: a device pool or
+    a test's stand-in is measured as it is.)"""
+    for engine in engines:
+        try:
+            engine.embed(engine.pack([np.full(engine.info.max_input_tokens, 100, dtype=np.int32)]))
+        except Exception as exc:  # noqa: BLE001 - a warm-up is not worth failing the start over
+            log.warning("memory budget: warm-up batch failed (%s); the baseline may be low", exc)
+    trim()
 
 
 def _cap_runner(runner, tokens: int) -> None:

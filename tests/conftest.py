@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (hooks)
@@ -99,6 +100,14 @@ class ServerProcess:
                 self.proc.wait()
         self.log_file.close()
         return self.proc.returncode
+
+
+def assert_same_vectors(got, want) -> None:
+    """A server's vectors against the engine's computed in the test. The server packs requests
+    into batches of its own choosing, and on the CPU a GEMM's last bits depend on the batch's
+    shape (BLAS threads per GEMM, its small-matrix kernels): the design promises the same vector
+    within 1e-5 whatever batch a text lands in; this holds the server to 1e-6."""
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=0, atol=1e-6)
 
 
 class Reply:

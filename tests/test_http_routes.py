@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 
+from conftest import assert_same_vectors
 from tinyembed.server.protocol import EmbeddingRequest
 
 KEYS = ("k-main-secret", "k-rpm-secret", "k-file-secret", "k-tpm-secret")
@@ -24,7 +25,7 @@ def test_embeddings_alias_path_and_request_id(server, minilm):
                                                    "encoding_format": "float"}, {"X-Request-Id": "trace-42"})
     assert reply.status == 200 and reply.headers["x-request-id"] == "trace-42"
     got = np.array(reply.json()["data"][0]["embedding"], np.float32)
-    np.testing.assert_array_equal(got, minilm.embed_texts(["alias path"])[0])
+    assert_same_vectors(got, minilm.embed_texts(["alias path"])[0])
     assert reply.json()["object"] == "list" and reply.json()["data"][0]["object"] == "embedding"
 
 
@@ -34,7 +35,7 @@ def test_large_float_response_equals_engine(server, minilm):
                                                       "encoding_format": "float"})
     data = reply.json()["data"]
     assert [d["index"] for d in data] == list(range(200))
-    np.testing.assert_array_equal(np.array([d["embedding"] for d in data], np.float32), minilm.embed_texts(texts))
+    assert_same_vectors(np.array([d["embedding"] for d in data], np.float32), minilm.embed_texts(texts))
 
 
 def test_tokenize_includes_special_tokens(server, tiny):
@@ -131,7 +132,7 @@ def test_auto_truncate_is_the_default_a_request_can_override(guarded_server, tin
     reply = guarded_server.request("POST", "/v1/embeddings", {"model": "tiny", "input": long_text,
                                                               "encoding_format": "float"}, auth)
     assert reply.status == 200 and reply.json()["usage"]["total_tokens"] == 64
-    np.testing.assert_array_equal(np.array(reply.json()["data"][0]["embedding"], np.float32),
+    assert_same_vectors(np.array(reply.json()["data"][0]["embedding"], np.float32),
                                   tiny.embed_texts([long_text], truncate=True)[0])
     refused = guarded_server.request("POST", "/v1/embeddings", {"model": "tiny", "input": long_text,
                                                                 "truncate": False}, auth)

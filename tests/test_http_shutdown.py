@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from conftest import TINY_MODEL, RawClient, post, start_server
+from conftest import TINY_MODEL, RawClient, assert_same_vectors, post, start_server
 
 
 def test_sigterm_finishes_the_in_flight_request_then_exits_0(tmp_path_factory, minilm):
@@ -32,7 +32,7 @@ def sigterm_while_busy(proc, minilm):
     reply = client.response()
     assert reply.status == 200 and reply.headers["connection"] == "close"
     got = np.array([d["embedding"] for d in reply.json()["data"]], np.float32)
-    np.testing.assert_array_equal(got, minilm.embed_texts(texts))
+    assert_same_vectors(got, minilm.embed_texts(texts))
     assert proc.proc.wait(30) == 0
     log = proc.log()
     assert "SIGTERM received" in log and "stopped" in log and "Traceback" not in log

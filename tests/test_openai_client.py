@@ -1,6 +1,6 @@
 """The real `openai` Python SDK (sync and async) against a real tinyembed process.
 
-Vectors must equal the engine's own for the same inputs, on the SDK's default base64 path and
+Vectors must equal the engine's own for the same inputs (within 1e-6: conftest.assert_same_vectors), on the SDK's default base64 path and
 on explicit floats; errors must surface as the SDK's exception types carrying our codes.
 """
 
@@ -14,6 +14,7 @@ import numpy as np
 import openai
 import pytest
 
+from conftest import assert_same_vectors
 from tinyembed.engine.families.bert import truncate_dimensions
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "hello world",
@@ -44,7 +45,7 @@ def guarded(server, key: str, retries: int = 0) -> openai.OpenAI:
 def test_single_string_default_base64_path_equals_engine(client, minilm):
     response = client.embeddings.create(model="all-MiniLM-L6-v2", input=TEXTS[0])
     assert len(response.data) == 1 and response.data[0].index == 0
-    np.testing.assert_array_equal(vectors_of(response), minilm.embed_texts([TEXTS[0]]))
+    assert_same_vectors(vectors_of(response), minilm.embed_texts([TEXTS[0]]))
     assert response.model == "all-MiniLM-L6-v2"
     assert response.usage.prompt_tokens == response.usage.total_tokens == len(minilm.tokenizer.encode([TEXTS[0]])[0])
 
@@ -53,14 +54,14 @@ def test_list_of_strings_explicit_float_equals_engine(client, minilm):
     response = client.embeddings.create(model="all-MiniLM-L6-v2", input=TEXTS, encoding_format="float")
     assert [d.index for d in response.data] == [0, 1, 2]
     assert all(isinstance(d.embedding[0], float) for d in response.data)
-    np.testing.assert_array_equal(vectors_of(response), minilm.embed_texts(TEXTS))
+    assert_same_vectors(vectors_of(response), minilm.embed_texts(TEXTS))
     assert response.usage.prompt_tokens == sum(len(s) for s in minilm.tokenizer.encode(TEXTS))
 
 
 def test_token_ids_are_used_exactly_as_given(client, minilm):
     ids = [101, 7592, 2088, 102]  # [CLS] hello world [SEP]
     response = client.embeddings.create(model="all-MiniLM-L6-v2", input=ids)
-    np.testing.assert_array_equal(vectors_of(response), minilm.embed_sequences([np.array(ids, np.int32)]))
+    assert_same_vectors(vectors_of(response), minilm.embed_sequences([np.array(ids, np.int32)]))
     np.testing.assert_allclose(vectors_of(response), minilm.embed_texts(["hello world"]), atol=1e-6)
     assert response.usage.prompt_tokens == 4  # no specials added to id inputs
     bare = client.embeddings.create(model="all-MiniLM-L6-v2", input=[7592, 2088])
@@ -71,7 +72,7 @@ def test_list_of_token_id_lists(client, minilm):
     lists = [[101, 7592, 102], [101, 2088, 2003, 2307, 102]]
     response = client.embeddings.create(model="all-MiniLM-L6-v2", input=lists, encoding_format="float")
     expected = minilm.embed_sequences([np.array(x, np.int32) for x in lists])
-    np.testing.assert_array_equal(vectors_of(response), expected)
+    assert_same_vectors(vectors_of(response), expected)
     assert response.usage.total_tokens == 8
 
 
@@ -82,7 +83,7 @@ def test_dimensions_64_is_truncated_and_unit_norm(client, minilm):
         vectors = vectors_of(response)
         assert vectors.shape == (3, 64)
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
-        np.testing.assert_array_equal(vectors, truncate_dimensions(minilm.embed_texts(TEXTS), 64))
+        assert_same_vectors(vectors, truncate_dimensions(minilm.embed_texts(TEXTS), 64))
 
 
 @pytest.mark.parametrize("tier,echo", [("priority", "priority"), ("flex", "flex"), ("auto", "default"),
@@ -96,14 +97,14 @@ def test_service_tier_is_accepted_and_echoed(client, tier, echo):
 def test_alias_answers_like_its_model(client, minilm):
     response = client.embeddings.create(model="text-embedding-3-small", input=TEXTS[1])
     assert response.model == "text-embedding-3-small"
-    np.testing.assert_array_equal(vectors_of(response), minilm.embed_texts([TEXTS[1]]))
+    assert_same_vectors(vectors_of(response), minilm.embed_texts([TEXTS[1]]))
 
 
 def test_input_type_applies_the_model_prompt(client, tiny):
     query = client.embeddings.create(model="tiny", input=TEXTS, extra_body={"input_type": "query"})
     plain = client.embeddings.create(model="tiny", input=TEXTS)
-    np.testing.assert_array_equal(vectors_of(query), tiny.embed_texts(TEXTS, input_type="query"))
-    np.testing.assert_array_equal(vectors_of(plain), tiny.embed_texts(TEXTS))
+    assert_same_vectors(vectors_of(query), tiny.embed_texts(TEXTS, input_type="query"))
+    assert_same_vectors(vectors_of(plain), tiny.embed_texts(TEXTS))
     assert query.usage.prompt_tokens > plain.usage.prompt_tokens  # the prompt's tokens are counted
 
 
@@ -220,11 +221,11 @@ def test_async_client_end_to_end(server, guarded_server, minilm):
 
     single, many, ids, floats, short, models = asyncio.run(scenario())
     expected = minilm.embed_texts(TEXTS)
-    np.testing.assert_array_equal(vectors_of(single), expected[:1])
-    np.testing.assert_array_equal(vectors_of(many), expected)
-    np.testing.assert_array_equal(vectors_of(floats), expected)
-    np.testing.assert_array_equal(vectors_of(ids), minilm.embed_sequences(
+    assert_same_vectors(vectors_of(single), expected[:1])
+    assert_same_vectors(vectors_of(many), expected)
+    assert_same_vectors(vectors_of(floats), expected)
+    assert_same_vectors(vectors_of(ids), minilm.embed_sequences(
         [np.array([101, 7592, 102], np.int32), np.array([101, 2088, 102], np.int32)]))
     assert vectors_of(short).shape == (3, 64) and short.service_tier == "priority"
-    np.testing.assert_array_equal(vectors_of(short), truncate_dimensions(expected, 64))
+    assert_same_vectors(vectors_of(short), truncate_dimensions(expected, 64))
     assert "tiny" in [m.id for m in models.data]

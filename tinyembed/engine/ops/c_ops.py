@@ -18,7 +18,6 @@ import os
 from ctypes import c_float, c_int, c_long, c_void_p
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from tinyembed.engine.build import cpu_compile
 from tinyembed.engine.build.cpu_threads import available_cores
@@ -67,8 +66,6 @@ class COps(NumpyOps):
         self.arena = Arena()  # work buffers, sized by Engine.reserve_work from the batch cap
         # BLAS and the kernels take turns, so each may use every available core, but no more:
         # an OpenBLAS sized by os.cpu_count() in a 1-CPU container spins threads on one core.
-        self._blas_libs = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
-        self._blas_threads = None
         self._set_blas_threads(self.threads)
 
     # -- buffers ------------------------------------------------------------------------------
@@ -110,10 +107,10 @@ class COps(NumpyOps):
         return out
 
     def _set_blas_threads(self, n: int) -> None:
-        if n != self._blas_threads:  # a direct call into the BLAS library: about a microsecond
-            for controller in self._blas_libs:
-                controller.set_num_threads(n)
-            self._blas_threads = n
+        # For the calling thread, on every call (about a microsecond; ops/blas_threads.py says
+        # why the process-wide setting is not enough): OpenBLAS's result depends on its thread
+        # count, so every GEMM of one shape must run with the same count on any thread.
+        self._gemm_threads.set(n)
 
     def matmul(self, x, w):
         out = self._buffer(x.shape[0], w.shape[1])

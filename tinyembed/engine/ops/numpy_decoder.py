@@ -41,7 +41,7 @@ def rope_table(theta: float, head_dim: int, positions: int) -> tuple[np.ndarray,
 
 
 class DecoderNumpyOps:
-    """Mixin for NumpyOps: needs self._rows, self._pool, self._blas, self.threads."""
+    """Mixin for NumpyOps: needs self._rows, self._pool, self._gemm_threads, self.threads."""
 
     def embedding(self, input_ids, table, scale=None):
         """(T,) ids -> (T, H) rows of the (V, H) table, times `scale` when given."""
@@ -99,7 +99,7 @@ class DecoderNumpyOps:
             loads[t] += unit[-1]
             groups[t].append(unit)
         args = (qkv, out, num_heads, num_kv_heads, d, np.float32(scale), causal, window, softcap)
-        with self._blas.limit(limits=1, user_api="blas"):
+        with self._gemm_threads.limited(1):
             jobs = [self._pool.submit(_attention_units_run, group, *args) for group in groups if group]
             for job in jobs:
                 job.result()

@@ -16,8 +16,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
+from tinyembed.engine.ops.blas_threads import BlasThreads
 from tinyembed.engine.ops.numpy_decoder import DecoderNumpyOps
 
 _BLOCK_ELEMENTS = 32 * 1024  # a block of rows and its temporaries stay inside L2
@@ -29,11 +29,13 @@ class NumpyOps(DecoderNumpyOps):
 
     def __init__(self, threads: int | None = None):
         self.threads = threads or min(8, os.cpu_count() or 1)
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tinyembed-ops")
         # Attention runs many small per-head GEMMs, one sequence per pool thread; a multi-threaded
         # BLAS under each of them would oversubscribe the cores and spin (measured: 2x the CPU
-        # time, no speed-up). BLAS is held to one thread for the duration of attention only.
-        self._blas = ThreadpoolController()
+        # time, no speed-up). So the pool's threads run their GEMMs on one BLAS thread each (set
+        # per thread where the BLAS allows, else around attention for the whole process).
+        self._gemm_threads = BlasThreads()
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tinyembed-ops",
+                                        initializer=self._gemm_threads.set, initargs=(1, False))
 
     # -- moving data: on the CPU these are identities -------------------------------------------
     def param(self, array: np.ndarray) -> np.ndarray:
@@ -82,7 +84,7 @@ class NumpyOps(DecoderNumpyOps):
         # Split sequences into one group per thread with about equal L^2 work.
         cost = np.cumsum((ends - starts).astype(np.float64) ** 2)
         group = np.minimum((cost / cost[-1] * self.threads).astype(int), self.threads - 1)
-        with self._blas.limit(limits=1, user_api="blas"):
+        with self._gemm_threads.limited(1):
             jobs = [
                 self._pool.submit(_attention_seqs, qkv, out, starts[group == g], ends[group == g], num_heads)
                 for g in range(self.threads)

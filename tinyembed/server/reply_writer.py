@@ -18,7 +18,7 @@ import base64 as b64
 
 import numpy as np
 
-from tinyembed.scheduler.memory_budget import BLOCK_FLOATS
+from tinyembed.scheduler.memory_budget import BLOCK_FLOATS, reply_bytes
 from tinyembed.server.protocol import Embedding, EmbeddingResponse, Usage, encode
 
 _DATA = b'"data":[]'
@@ -35,8 +35,8 @@ class StreamedBody:
         self.head, self.tail = frame[:cut], frame[cut:]
         self.rows = max(1, BLOCK_FLOATS // max(1, vectors.shape[1]))
 
-    def __len__(self) -> int:  # (for the access log: the size is known only once written)
-        return 0
+    def __len__(self) -> int:  # the access log's bytes and the trim threshold: an estimate until written
+        return reply_bytes(*self.vectors.shape, self.base64) if self.vectors is not None else 0
 
     def encode_block(self, start: int) -> bytes:
         rows = self.vectors[start:start + self.rows]

@@ -127,3 +127,17 @@ def test_a_body_that_cannot_fit_is_refused_before_it_is_read(small):
     assert reply.status == 413, reply
     assert reply.error["code"] == "payload_too_large" and "--max-memory" in reply.error["message"]
     assert small.metric("tinyembed_memory_reserved_bytes") == 0
+
+
+def test_a_client_that_leaves_mid_reply_gives_its_memory_back(small):
+    body = json.dumps({"model": MODEL, "input": [f"leaves {i}" for i in range(600)]}).encode()
+    client = RawClient(small.port)
+    client.send(f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    client.sock.recv(1)  # the streamed reply has begun (its reservation is held until it ends)
+    client.sock.close()
+    deadline = time.monotonic() + 30
+    while small.metric("tinyembed_memory_reserved_bytes") != 0:
+        assert time.monotonic() < deadline, "the reservation was never released"
+        time.sleep(0.05)
+    assert small.request("GET", "/health").status == 200

@@ -71,7 +71,7 @@ class MemoryGuard:
                                "for requests in flight)", ("part",))
         self.g_reserved = r.gauge("tinyembed_memory_reserved_bytes", "Memory reserved by requests in flight")
         self.g_peak = r.gauge("tinyembed_memory_reserved_peak_bytes", "Most memory requests have held at once")
-        self.g_refused = r.gauge("tinyembed_memory_refused_total", "Requests refused by the memory budget: full "
+        self.c_refused = r.counter("tinyembed_memory_refused_total", "Requests refused by the memory budget: full "
                                  "(503), rss (503: the process is over its limit), too_large (400)", ("reason",))
 
     # -- start ---------------------------------------------------------------------------------
@@ -184,8 +184,8 @@ class MemoryGuard:
                 self.g_parts.set(value, part)
             self.g_reserved.set(budget.reserved)
             self.g_peak.set(budget.peak_reserved)
-            for reason, n in budget.refused.items():
-                self.g_refused.set(n, reason)
+            for reason, n in budget.refused.items():  # (the budget counts; the counter shows its values)
+                self.c_refused.values[(reason,)] = n
         return self.registry.render()
 
 

@@ -141,3 +141,32 @@ def test_a_client_that_leaves_mid_reply_gives_its_memory_back(small):
         assert time.monotonic() < deadline, "the reservation was never released"
         time.sleep(0.05)
     assert small.request("GET", "/health").status == 200
+
+
+def test_a_limit_below_the_model_stops_the_server_with_the_smallest_that_works(tmp_path):
+    from conftest import ServerProcess
+
+    proc = ServerProcess(["--model", MODEL, "--max-memory", "60M"], tmp_path / "server.log")
+    try:
+        assert proc.proc.wait(60) == 1
+    finally:
+        proc.stop()
+    log = proc.log()
+    assert "--max-memory 60 MB is below what the models need" in log and "give at least" in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("text, size", [("300M", 300 << 20), ("1.5G", 3 << 29), ("512MiB", 512 << 20),
+                                        ("2gb", 2 << 30), ("123456", 123456)])
+def test_memory_sizes(text, size):
+    from tinyembed.server.config import memory_size
+
+    assert memory_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "-5M", "lots", "M", "0"])
+def test_bad_memory_sizes_say_how_to_write_one(text):
+    from tinyembed.server.config import memory_size
+
+    with pytest.raises(ValueError, match="max-memory"):
+        memory_size(text)

@@ -31,7 +31,7 @@ SLACK_BYTES = 16 * MIB
 RETRY_AFTER_S = 1.0
 
 # what one request holds, in bytes (measured with tracemalloc on MiniLM; see docs/memory.md)
-BODY_COPIES = 2  # the body, and the strings msgspec decodes from it (the HTTP gate holds one more, >= 64 KiB)
+BODY_COPIES = 2  # the body, and the strings msgspec decodes from it (reserved by the HTTP gate from 64 KiB)
 PER_INPUT = 256  # a str / ndarray / list entry per input
 TOKEN_BYTES = 16  # int32 ids, and the tokenizer's per-token state of the slice being tokenized
 REQUEST_OVERHEAD = 64 * 1024  # the Request, its future, a tokenizer slice's fixed cost

@@ -250,7 +250,8 @@ class App:
             check_no_prompt_for_ids(req)
         truncate = self.config.auto_truncate if req.truncate is None else req.truncate
         # issue 27: the request's memory, reserved before the heavy work, released once its reply is written
-        cost = (len(request.body), engine, req.dimensions, req.encoding_format == "base64")
+        cost = (0 if request.hold is not None else len(request.body),  # (a held body is counted by its gate)
+                engine, req.dimensions, req.encoding_format == "base64")
         held = self.memory_guard.reserve(cost[0], texts, id_arrays, *cost[1:], truncate, limits.max_tokens_per_request)
         try:
             return await self._embed(request, ctx, req, served, texts, id_arrays, truncate, tier, held, cost)

@@ -128,14 +128,15 @@ class MemoryGuard:
         never fit). Released once the request is answered. Small bodies pass free."""
         if self.budget is None or nbytes < BODY_GATE_MIN:
             return None
-        try:
-            return self.budget.reserve(nbytes)
+        try:  # the bytes and the strings decoded from them: both exist before the app can reserve
+            return self.budget.reserve(mb.BODY_COPIES * nbytes)
         except Overloaded as e:
             return error_response(503, "server_overloaded", "The server's memory budget is in use; retry shortly.",
                                   headers=(("Retry-After", str(max(1, math.ceil(e.retry_after)))),))
         except TooLarge as e:
             return error_response(413, "payload_too_large", f"A body of {_mb(nbytes)} cannot fit the server's "
-                                  f"memory budget for requests ({_mb(e.capacity)}, --max-memory); send less.")
+                                  f"memory budget for requests ({_mb(e.capacity)}, --max-memory); send less.",
+                                  headers=(("x-should-retry", "false"),))
 
     def resize(self, held: Reservation | None, body: int, inputs: int, tokens: int, engine, dims, base64) -> None:
         """After tokenizing: the real token count (smaller: never refused)."""

@@ -21,7 +21,8 @@ import msgspec
 from tinyembed import __version__
 from tinyembed.engine.checkpoints import registry
 from tinyembed.server.auth import keys_from_env, read_key_file
-from tinyembed.server.config import LOG_FORMATS, BatchSettings, HttpLimits, ModelSource, RateLimits, RequestLimits, ServerConfig
+from tinyembed.server.config import (LOG_FORMATS, BatchSettings, HttpLimits, ModelSource, RateLimits, RequestLimits,
+                                     ServerConfig, memory_size)
 
 ENV_PREFIX = "TINYEMBED_"
 PRECISIONS = ("fp32", "int8", "bf16")  # --precision: the CPU arithmetic (load_engine says which model takes which)
@@ -43,6 +44,8 @@ SERVE_OPTIONS = {
     "--max-batch-latency": (float, "seconds one forward pass should take: the batch budget is learned from "
                                    "measured throughput to fit it; 0 = off (batches fill to --max-batch-tokens)"),
     "--max-batch-sequences": (int, "sequences per forward pass (default: no limit)"),
+    "--max-memory": (memory_size, "memory of the whole process, e.g. 300M or 2G: batches, queue and requests "
+                                  "are sized to fit, 503 beyond; unset: measured at start (loaded + 144M)"),
     "--max-body-bytes": (int, "largest request body; 413 beyond"),
     "--max-inputs": (int, "inputs per request"),
     "--max-tokens-per-request": (int, "tokens per request"),
@@ -222,6 +225,7 @@ def server_config(args: argparse.Namespace, environ=os.environ) -> tuple[ServerC
         max_batch_latency=v["max_batch_latency"],
         max_batch_sequences=v["max_batch_sequences"], log_format=v["log_format"], shutdown_timeout=v["shutdown_timeout"], event_loop=v["loop"],
         batching=v["batching"], metrics_key=v["metrics_key"], metrics_label_secret=v["metrics_label_secret"],
+        max_memory=v["max_memory"],
     ).items() if val is not None},
         models=model_sources(v["model"], v["served_model_name"]),
         api_keys=tuple(keys),

@@ -76,6 +76,20 @@ class Engine:
             return np.zeros((0, self.info.dimensions), dtype=np.float32)
         return self.model.forward(batch)
 
+    # -- memory (issue 27): the scheduler sizes batches so that these fit its budget ------------
+    def work_bytes(self, tokens: int) -> int:
+        """Host bytes the forward's work buffers take for a batch of `tokens`: the arena's size
+        once reserved for it. 0 on a GPU (they live in device memory: docs/memory.md)."""
+        if not self.info.device.startswith("cpu"):
+            return 0
+        return tokens * work_bytes_per_token(self.spec)
+
+    def reserve_work(self, tokens: int) -> None:
+        """Size the work buffers for batches of up to `tokens`, allocated once, then reused."""
+        arena = getattr(self.model.ops, "arena", None)
+        if arena is not None:
+            arena.reserve(tokens)
+
     def with_dimensions(self, vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
         """Matryoshka `dimensions`: the first N components of each vector, renormalized to unit
         length; None (or the native size) leaves the vectors as they are."""
@@ -139,6 +153,18 @@ class Engine:
                     dimensions: int | None = None, prompt_name: str | None = None) -> np.ndarray:
         sequences = self.tokenizer.encode(texts, truncate, input_type, prompt_name)
         return self.embed_sequences(sequences, dimensions=dimensions)
+
+
+def work_bytes_per_token(spec: ModelSpec) -> int:
+    """float32 activations one token holds at once in the forward pass. Encoder: x, the
+    attention context and its projection (3 x H), Q|K|V (3H), the FFN (I), +I for the numpy
+    ops' temporaries. Decoder: the same shape with K/V at the KV width and a gated MLP (3 x I)."""
+    h, i = spec.hidden_size, spec.intermediate_size
+    if spec.arch is None:
+        return 4 * (6 * h + 2 * i)
+    kv = spec.arch.num_kv_heads * spec.arch.head_dim
+    q = spec.arch.num_heads * spec.arch.head_dim
+    return 4 * (4 * h + 2 * q + 2 * kv + 3 * i)
 
 
 def precision_of(model, ops) -> str:

@@ -169,6 +169,11 @@ class Scheduler:
             lane.export_gauges()
         return self._stats.registry.render()
 
+    def cap_batch_tokens(self, tokens: int) -> None:
+        """Issue 27 hook: the memory budget's cap on a forward pass, set before the first request."""
+        self.max_batch_tokens = min(self.max_batch_tokens, tokens)
+        self._queue_args["max_batch_tokens"] = self.max_batch_tokens
+
     # -- for tests, benches and the curious ----------------------------------------------------
     def snapshot(self, engine=None) -> dict:
         """Per model: queued tokens/sequences per tier, unfinished tokens, its peak, drain rate."""

@@ -25,13 +25,14 @@ from tinyembed.server import limits as limits_
 from tinyembed.server.auth import ApiKeys, KeyLabels
 from tinyembed.server.limits import echo
 from tinyembed.server.memory import MemoryReturner
+from tinyembed.server.memory_guard import MemoryGuard
 from tinyembed.server.config import ModelSource, ServerConfig
 from tinyembed.engine import Engine
 from tinyembed.common.errors import InputError, TinyEmbedError
 from tinyembed.server.http import Request, Response, Server, error_response
 from tinyembed.common.metrics import TOKEN_BUCKETS, Registry
 from tinyembed.server.protocol import (ApiError, EmbeddingRequest, ModelCard, ModelList, Quantization, Status,
-                       TokenizeRequest, TokenizeResponse, Tokens, Usage, decode_request, encode, encode_embeddings,
+                       TokenizeRequest, TokenizeResponse, Tokens, Usage, decode_request, encode,
                        check_no_prompt_for_ids, parse_input, parse_texts)
 from tinyembed.server.ratelimit import RateLimited, RateLimiter
 from tinyembed.scheduler.runner import DeadlineExceeded, DirectRunner, Overloaded, Runner
@@ -43,7 +44,6 @@ access_log = logging.getLogger("tinyembed.access")
 
 JSON_TYPES = ("application/json",)
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})  # their bodies are read and dropped
-ENCODE_OFF_LOOP = 65536  # floats; bigger responses are encoded on a worker thread
 # /docs: a static page (routes, a box to try embeddings, a similarity matrix) that calls the API from the browser
 DOCS_PAGE = resources.files("tinyembed.server").joinpath("docs_page.html").read_bytes()
 
@@ -116,6 +116,8 @@ class App:
         self.server: Server | None = None
         self.pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tinyembed-tokenize")
         self.memory = MemoryReturner()  # malloc_trim after large requests
+        # issue 27: --max-memory (set up in load(), once the models are there)
+        self.memory_guard = MemoryGuard(config.max_memory, config.http.send_buffer_bytes, config.max_batch_tokens)
         self.routes = {
             "/v1/embeddings": {"POST": self.embeddings},
             "/embeddings": {"POST": self.embeddings},
@@ -163,6 +165,7 @@ class App:
             for name in (source.name, *source.aliases):
                 self.models[name] = Served(name, source.name, engine, created)
             log.info("model %s ready: %s", source.name, engine.info)
+        await self.memory_guard.setup([engine for _, engine in loaded], self.runner)  # issue 27: --max-memory
         self.ready = True
         self.m_ready.set(1)
         for group in self.groups:
@@ -297,18 +300,30 @@ class App:
         if id_arrays is not None:
             check_no_prompt_for_ids(req)
         truncate = self.config.auto_truncate if req.truncate is None else req.truncate
+        # issue 27: the request's memory, reserved before the heavy work, released once its reply is written
+        cost = (0 if request.hold is not None else len(request.body),  # (a held body is counted by its gate)
+                engine, req.dimensions, req.encoding_format == "base64")
+        held = self.memory_guard.reserve(cost[0], texts, id_arrays, *cost[1:], truncate, limits.max_tokens_per_request)
+        try:
+            return await self._embed(request, ctx, req, served, texts, id_arrays, truncate, tier, held, cost)
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
+
+    async def _embed(self, request, ctx, req, served, texts, id_arrays, truncate, tier, held, cost) -> Response:
+        engine = served.engine
         sequences = await self._tokenize(ctx, engine, texts, id_arrays, truncate, req.input_type, req.prompt_name)
+        tokens = sum(len(s) for s in sequences)
+        self.memory_guard.resize(held, cost[0], len(sequences), tokens, *cost[1:])
         vectors, tokens, tier = await self.run_sequences(request, ctx, engine, sequences, tier)
         vectors = engine.with_dimensions(vectors, req.dimensions)
         if (req.output_dtype or "").endswith("int8") and engine.cached_calibration is None:
             # a decoder's first int8/uint8 output: calibrate off the loop (once; minutes on a big one)
             await asyncio.get_running_loop().run_in_executor(self.pool, lambda: engine.calibration)
         vectors = engine.quantize(vectors, req.output_dtype or "float", req.dimensions)  # issue 29
-        args = (vectors, req.encoding_format == "base64", req.model, tokens, tier)
-        if vectors.size > ENCODE_OFF_LOOP:
-            body = await asyncio.get_running_loop().run_in_executor(self.pool, encode_embeddings, *args)
-        else:
-            body = encode_embeddings(*args)
+        body = await self.memory_guard.reply(held, vectors, req.encoding_format == "base64", req.model, tokens, tier,
+                                             self.pool)  # a large reply is streamed (reply_writer.py)
         return Response(200, body)
 
     async def run_sequences(self, request: Request, ctx, engine: Engine, sequences, tier: str):
@@ -395,7 +410,7 @@ class App:
             self.m_connections.set(len(self.server.connections))
             self.m_body_bytes.set(self.server.buffered_body_bytes())
             self.m_evictions.set(self.server.slots.evictions)
-        text = self.registry.render() + self.runner.metrics()
+        text = self.registry.render() + self.runner.metrics() + self.memory_guard.metrics()
         return Response(200, text.encode(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def openapi(self, request: Request, ctx: Context) -> Response:
@@ -481,7 +496,8 @@ async def run_server(config: ServerConfig, *, runner: Runner | None = None, load
     """Serve until SIGTERM/SIGINT (or `stop` is set); returns the exit code."""
     stop = stop or asyncio.Event()
     app = App(config, runner, loader, mounts)
-    server = app.server = Server(app.handle, config.http, on_reject=app.count_reject, gate=app.gate)
+    server = app.server = Server(app.handle, config.http, on_reject=app.count_reject, gate=app.gate,
+                                 body_gate=app.memory_guard.admit_body)  # issue 27
     addresses = await server.listen(config.host, config.port)
     for address in addresses:
         log.info("tinyembed listening on http://%s:%d", *address[:2])

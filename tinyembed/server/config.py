@@ -89,6 +89,9 @@ class ServerConfig:
     # (scheduler/budget.py). 0: no time rule, batches fill to max_batch_tokens.
     max_batch_latency: float = 0.075
     max_batch_sequences: int | None = None  # sequences per forward pass (None: no limit)
+    # bytes for the whole process (weights, work buffers, requests in flight); None: measured at
+    # start (loaded + 144 MB). See server/memory_guard.py. (issue 27)
+    max_memory: int | None = None
     batching: str = "continuous"  # continuous (Scheduler) | per-request (DirectRunner: a baseline)
     log_format: str = "plain"
     access_log: bool = True
@@ -98,3 +101,17 @@ class ServerConfig:
     requests: RequestLimits = RequestLimits()
     rate: RateLimits = RateLimits()
     batch: BatchSettings = BatchSettings()
+
+
+def memory_size(text: str) -> int:
+    """'300M', '1.5G', '300MB', '314572800' -> bytes (M and G are MiB and GiB)."""
+    value = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(value[-1:], 1)
+    number = value[:-1] if value[-1:] in "KMG" and value else value
+    try:
+        size = int(float(number) * scale)
+    except ValueError:
+        raise ValueError(f"--max-memory {text!r}: give bytes, or a size such as 300M or 2G") from None
+    if size <= 0:
+        raise ValueError("--max-memory must be positive")
+    return size

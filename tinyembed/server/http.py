@@ -40,6 +40,7 @@ from tinyembed.server import slots as slots_
 from tinyembed.server.config import HttpLimits
 from tinyembed.server.framing import Splitter, unsupported_coding
 from tinyembed.server.protocol import error_body, reason
+from tinyembed.server.reply_writer import StreamedBody
 
 log = logging.getLogger("tinyembed.server.http")
 
@@ -49,12 +50,13 @@ _ID_PREFIX = os.urandom(3).hex()
 
 
 class Request:
-    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "id", "arrived", "client")
+    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "id", "arrived", "client", "hold")
 
     def __init__(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
                  keep_alive: bool, arrived: float, client: str):
         self.method, self.path, self.query, self.headers = method, path, query, headers
         self.body, self.keep_alive, self.arrived, self.client = body, keep_alive, arrived, client
+        self.hold = None  # issue 27: the body's memory reservation (released once answered)
         given = headers.get("x-request-id", "")
         self.id = given if _REQUEST_ID.match(given) else f"{_ID_PREFIX}-{next(_request_ids)}"
 
@@ -97,11 +99,13 @@ class Server:
     body is buffered only when read_body is true and there is no refusal."""
 
     def __init__(self, handler: Handler, limits: HttpLimits,
-                 on_reject: Callable[[Response], None] | None = None, gate: Gate | None = None):
+                 on_reject: Callable[[Response], None] | None = None, gate: Gate | None = None, body_gate=None):
         self.handler = handler
         self.limits = limits
         self.on_reject = on_reject or (lambda response: None)
         self.gate = gate or _open_gate
+        # issue 27: body_gate(Content-Length) -> a hold with release(), or a Response refusing the body
+        self.body_gate = body_gate
         self.slots = slots_.Slots(limits.max_connections)
         self.connections: set[Connection] = self.slots.open
         self.body_bytes = 0  # held by request bodies being received or queued, all connections
@@ -180,6 +184,7 @@ class Connection(asyncio.Protocol):
         self._body: bytearray | None = None  # grows as the bytes arrive; None: the body is not kept
         self._body_size = 0
         self._arrived = 0.0
+        self._body_hold = None  # issue 27 (a hold dropped unreleased is released by its finalizer)
 
     def _drop_body(self) -> None:
         if self._body is not None:
@@ -370,6 +375,13 @@ class Connection(asyncio.Protocol):
             self._linger_after = self.queue[-1]
             self.discarding = True
             return
+        if read_body and refusal is None and self.server.body_gate is not None and declared:
+            # issue 27: memory for an accepted body, held before its bytes are kept (the route
+            # and key are known to be good: the gate above ran first)
+            hold = self.server.body_gate(declared)
+            if isinstance(hold, Response):
+                raise self._reject(hold)
+            self._body_hold = hold
         if read_body and refusal is None:
             self._body = bytearray()
         self._set_timer(self.limits.body_timeout, self._read_timeout)
@@ -412,6 +424,7 @@ class Connection(asyncio.Protocol):
         request = Request(method=self._method, path=self._path, query=self._query, headers=self._headers,
                           body=body if len(body) >= BODY_BUFFER_MIN else bytes(body), keep_alive=keep_alive,
                           arrived=self._arrived, client=self.client)
+        request.hold, self._body_hold = self._body_hold, None
         self._reset_request()
         self._enqueue(request)
 
@@ -442,8 +455,13 @@ class Connection(asyncio.Protocol):
                 response = error_response(500, "internal_error", f"Internal server error (request id {item.id}).")
             finally:
                 self.server.body_bytes -= len(item.body)
+                if item.hold is not None:  # issue 27: the body's memory, back to the budget
+                    item.hold.release()
             close = not item.keep_alive or self.server.draining or (self.eof and not self.queue)
-            self._write(response, head=item.method == "HEAD", close=close, request=item)
+            if isinstance(response.body, StreamedBody):  # issue 27: a large reply, block by block
+                await response.body.send(self, self._head(response, close, item))
+            else:
+                self._write(response, head=item.method == "HEAD", close=close, request=item)
             if item is self._linger_after:
                 self._linger()
                 return
@@ -463,15 +481,29 @@ class Connection(asyncio.Protocol):
     def _write(self, response: Response, head: bool, close: bool, request: Request | None = None) -> None:
         if self.closing:
             return
+        head_bytes = self._head(response, close, request)
+        if head or len(response.body) < SEPARATE_BODY_BYTES:
+            self.transport.write(head_bytes if head else head_bytes + response.body)
+        else:  # issue 27: a large body is not copied once more just to join the head to it
+            self.transport.write(head_bytes)
+            self.transport.write(response.body)
+
+    def _head(self, response: Response, close: bool, request: Request | None) -> bytes:
+        streamed = isinstance(response.body, StreamedBody)
         lines = [f"HTTP/1.1 {response.status} {reason(response.status)}",
                  f"content-type: {response.content_type}",
-                 f"content-length: {len(response.body)}"]
+                 "transfer-encoding: chunked" if streamed else f"content-length: {len(response.body)}"]
         if request is not None:
             lines.append(f"x-request-id: {request.id}")
         lines.extend(f"{name}: {value}" for name, value in response.headers)
         lines.append("connection: close" if close else "connection: keep-alive")
-        head_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.transport.write(head_bytes if head else head_bytes + response.body)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    async def wait_drained(self) -> None:
+        """Until what was written has left the send buffer (a streamed reply's next block waits)."""
+        if self.write_paused and not self.closing:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
 
     # -- errors, timeouts, closing -------------------------------------------------------------
     def _fail(self, response: Response) -> None:
@@ -527,6 +559,7 @@ class Connection(asyncio.Protocol):
 
 PEER_CHECKS = (0.02, 0.1, 0.5, 1.0)  # seconds between checks of a half-closed client (the last repeats)
 BODY_BUFFER_MIN = 64 * 1024  # smaller bodies are handed on as bytes; larger ones as the bytearray itself
+SEPARATE_BODY_BYTES = 64 * 1024  # replies from this size on are written apart from their head
 
 
 def _malformed(exc: Exception) -> str:

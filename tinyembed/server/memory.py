@@ -83,3 +83,10 @@ class MemoryReturner:
     def trim_now(self) -> None:
         if self.libc is not None:
             self.libc.malloc_trim(0)
+
+
+def trim() -> None:
+    """Give free heap pages back to the OS now (blocking; a no-op without glibc)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)

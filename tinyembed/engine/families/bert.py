@@ -105,6 +105,7 @@ class EncoderModel:
             h = ops.bias_gelu(ops.matmul(x, w("ffn_in_w")), w("ffn_in_b"))  # (T, I)
             ffn = ops.matmul(h, w("ffn_out_w"))  # (T, H)
             x = ops.bias_residual_layernorm(ffn, w("ffn_out_b"), x, w("ln2_w"), w("ln2_b"), eps)  # (T, H)
+            del qkv, ctx, attn, h, ffn  # free for the next layer: the ops' arena reuses them (ops/arena.py)
 
         return ops.pool_normalize(x, cu, spec.pooling)  # (n, H), unit length
 

@@ -20,14 +20,13 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import sys
-import threading
 from ctypes import c_float, c_int, c_long, c_void_p
 
 import numpy as np
 
 from tinyembed.engine.build import cpu_compile
 from tinyembed.engine.build.cpu_threads import available_cores
+from tinyembed.engine.ops.arena import Arena
 from tinyembed.engine.ops.c_decoder import DecoderCOps
 from tinyembed.engine.ops.c_fused import FusedLayers
 from tinyembed.engine.ops.c_int8 import PackedLinear, pack_f32, pack_int8
@@ -94,26 +93,15 @@ class COps(DecoderCOps, NumpyOps):  # decoder ops: c_decoder.py
             fn.argtypes, fn.restype = argtypes, restype
             self._fn[name] = fn
         self._gemm_int8 = self._fn["gemm_int8" if self.int8_isa else "gemm_int8_portable"]
-        self._arena = threading.local()
+        self.arena = Arena()  # work buffers, sized by Engine.reserve_work from the batch cap
         # BLAS and the kernels take turns, so each may use every available core, but no more:
         # an OpenBLAS sized by os.cpu_count() in a 1-CPU container spins threads on one core.
         self._set_blas_threads(self.threads)
 
     # -- buffers ------------------------------------------------------------------------------
     def _buffer(self, rows: int, cols: int, dtype=np.float32) -> np.ndarray:
-        """A (rows, cols) float32 array carved from a reused buffer that nothing else references
-        (a live view keeps its base's reference count up). One pool of buffers per thread."""
-        pools = getattr(self._arena, "pools", None)
-        if pools is None:
-            pools = self._arena.pools = {}
-        bases = pools.setdefault((cols, dtype), [])
-        for base in bases:
-            if base.shape[0] >= rows and sys.getrefcount(base) <= 3:  # bases, `base`, the call
-                return base[:rows]
-        bases[:] = [b for b in bases if sys.getrefcount(b) > 3]  # drop free buffers too small
-        base = np.empty((rows, cols), dtype=dtype)
-        bases.append(base)
-        return base[:rows]
+        """A (rows, cols) work buffer from the arena (ops/arena.py): reused between batches."""
+        return self.arena.take(rows, cols, dtype)
 
     def _new_output(self, rows: int, cols: int) -> np.ndarray:
         return np.empty((rows, cols), dtype=np.float32)

@@ -48,9 +48,11 @@ class Arena:
         already held keep their size until a batch needs more; new ones get this size."""
         self.reserved_rows = max(0, int(rows))
 
-    def take(self, rows: int, cols: int, dtype=np.float32) -> np.ndarray:
+    def take(self, rows: int, cols: int, dtype=np.float32, rows_hint: int | None = None) -> np.ndarray:
         """A (rows, cols) view of a base no live array refers to (float32 unless asked: the
-        int8 GEMM's quantized activations and scales come from here too)."""
+        int8 GEMM's quantized activations and scales come from here too). A new base gets
+        `rows_hint` rows when given (a path that only ever runs small batches, such as the fused
+        layers on each of two threads), else the reservation."""
         pools = getattr(self._local, "pools", None)
         if pools is None:
             pools = self._local.pools = {}
@@ -63,7 +65,7 @@ class Arena:
                     return base[:rows]
                 spare = i
         base = None
-        size = max(rows, self.reserved_rows)
+        size = max(rows, self.reserved_rows if rows_hint is None else rows_hint)
         if spare is not None:  # grow in place of the free base: drop it first, then allocate
             old, bases[spare] = bases[spare], None
             self._count(-old.nbytes)

@@ -87,7 +87,10 @@ class FusedLayers:
     def _run(self, x: np.ndarray, cu: np.ndarray) -> np.ndarray:
         rows = x.shape[0]
         cu = np.ascontiguousarray(cu, dtype=np.int32)
-        buf = self.ops._buffer
+        # Beside the op-by-op path (2+ threads), this one runs only batches of up to
+        # max_tokens_alone: its buffers need no more rows than that, on each thread.
+        hint = self.max_tokens_alone if self.ops.threads > 1 else None
+        buf = lambda r, c, dtype=np.float32: self.ops._buffer(r, c, dtype, hint)  # noqa: E731
         qkv, ctx, h = buf(rows, 3 * self.width), buf(rows, self.width), buf(rows, self.inner)
         xq, xs = buf(rows, self.kp, np.uint8), buf(rows, 2)  # xs, flat: T scales, then T int32 zero points
         status = self.ops._fn["encoder_layers"](

@@ -99,9 +99,9 @@ class COps(DecoderCOps, NumpyOps):  # decoder ops: c_decoder.py
         self._set_blas_threads(self.threads)
 
     # -- buffers ------------------------------------------------------------------------------
-    def _buffer(self, rows: int, cols: int, dtype=np.float32) -> np.ndarray:
+    def _buffer(self, rows: int, cols: int, dtype=np.float32, rows_hint: int | None = None) -> np.ndarray:
         """A (rows, cols) work buffer from the arena (ops/arena.py): reused between batches."""
-        return self.arena.take(rows, cols, dtype)
+        return self.arena.take(rows, cols, dtype, rows_hint)
 
     def _new_output(self, rows: int, cols: int) -> np.ndarray:
         return np.empty((rows, cols), dtype=np.float32)

@@ -94,3 +94,17 @@ def test_the_padded_graph_layout_gives_the_eager_vectors(name, dtype):
         padded = ops.to_host(emu.model.forward_arrays(*views, tokens))
         assert padded.shape[0] == seqs
         np.testing.assert_allclose(padded[:len(batch)], emu.embed(batch), atol=2e-3 if dtype == "float16" else 1e-6)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-4), ("float16", 2e-2), ("bfloat16", 5e-2)])
+@pytest.mark.parametrize("name", ["tiny-reranker-bert", "tiny-reranker-xlmr"])
+def test_rerankers_score_like_transformers_through_the_cuda_ops(name, dtype, tolerance):
+    """The cross-encoders (issue 29) through CudaOps on the emulator: the pair's segment ids as
+    shifted word ids, the CLS row from pool_normalize, the classifier head; logits against the
+    transformers values committed with the fixture (the same bounds as test_rerank.py's GPU test)."""
+    from test_rerank import engine_on, expected, pair_sequences
+
+    exp = expected(name)
+    engine = engine_on(name, emulated_ops(dtype))
+    logits = engine.embed(engine.pack(pair_sequences(engine, exp)))[:, 0]
+    np.testing.assert_allclose(logits, exp["logits"], atol=tolerance)

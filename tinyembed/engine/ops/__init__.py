@@ -5,7 +5,8 @@
     c_ops.py       COps: NumpyOps with kernels/cpu/*.c through ctypes, GEMMs on weights packed
                    at load, fp32 or int8 (c_int8.py: the layouts and numpy twins; c_fused.py:
                    all encoder layers in one C call per thread for small batches; c_decoder.py:
-                   the decoder ops, kernels/cpu/decoder_*.c, mixed into it)
+                   the decoder ops, kernels/cpu/decoder_*.c, mixed into it; work_split.py: attention
+                   work cut by cost across threads; arena.py: reused work buffers)
     cuda_ops.py    CudaOps: kernels/cuda/*.cu through CuPy, GEMMs in cuBLAS
                    (cuda_runtime.py: device, compile, launch, uploads; cuda_decoder.py: the
                    decoder ops; cuda_graphs.py: captured forwards for small batches)

@@ -20,6 +20,8 @@ from ctypes import c_float, c_int, c_long, c_void_p
 
 import numpy as np
 
+from tinyembed.engine.ops.work_split import cost_bounds
+
 ACTIVATION_KINDS = {"silu": 0, "gelu_tanh": 1}
 _P, _I, _L, _F = c_void_p, c_int, c_long, c_float
 DECODER_SIGNATURES = {  # C entry point -> (argtypes, restype)
@@ -121,12 +123,7 @@ class DecoderCOps:
         cost = np.repeat(per_seq, num_kv_heads)
         flops = 4.0 * float(cost.sum()) * d * (num_heads // num_kv_heads)
         threads = max(1, min(self.threads, items, int(flops // MIN_ATTENTION_FLOPS_PER_THREAD)))
-        bounds = None
-        if threads > 1:  # contiguous item ranges of about equal cost
-            cum = np.cumsum(cost)
-            cuts = np.searchsorted(cum, cum[-1] * np.arange(1, threads) / threads)
-            bounds = [0, *sorted(set(int(c) + 1 for c in cuts if 0 <= c < items - 1)), items]
-            threads = len(bounds) - 1
+        threads, bounds = cost_bounds(cost, threads)  # contiguous item ranges of about equal cost
         status = []
         fn = self._dfn("decoder_attention")
 

@@ -31,6 +31,7 @@ from tinyembed.engine.ops.c_decoder import DecoderCOps
 from tinyembed.engine.ops.c_fused import FusedLayers
 from tinyembed.engine.ops.c_int8 import PackedLinear, pack_f32, pack_int8
 from tinyembed.engine.ops.numpy_ops import NumpyOps
+from tinyembed.engine.ops.work_split import cost_bounds
 
 log = logging.getLogger("tinyembed")
 
@@ -219,12 +220,7 @@ class COps(DecoderCOps, NumpyOps):  # decoder ops: c_decoder.py
         cost = np.repeat(lengths * (lengths + 8.0), num_heads)
         flops = 4.0 * float(cost.sum()) * (width // num_heads)
         threads = max(1, min(self.threads, items, int(flops // MIN_ATTENTION_FLOPS_PER_THREAD)))
-        bounds = None
-        if threads > 1:  # contiguous item ranges of about equal cost
-            cum = np.cumsum(cost)
-            cuts = np.searchsorted(cum, cum[-1] * np.arange(1, threads) / threads)
-            bounds = [0, *sorted(set(int(c) + 1 for c in cuts if 0 <= c < items - 1)), items]
-            threads = len(bounds) - 1
+        threads, bounds = cost_bounds(cost, threads)  # contiguous item ranges of about equal cost
         status = []
         fn = self._fn["attention"]
 

@@ -9,7 +9,8 @@
                    work cut by cost across threads; arena.py: reused work buffers)
     cuda_ops.py    CudaOps: kernels/cuda/*.cu through CuPy, GEMMs in cuBLAS
                    (cuda_runtime.py: device, compile, launch, uploads; cuda_decoder.py: the
-                   decoder ops; cuda_graphs.py: captured forwards for small batches)
+                   decoder ops; cuda_graphs.py: captured forwards for small batches;
+                   cuda_emu_*.py: the CuPy stand-in that runs it on the CPU emulator)
 
 The contract (the same name in the numpy twin, the C kernel, the CUDA kernel, its test, its bench):
     param(array) -> device array        upload_batch(batch) -> (input_ids, position_ids, cu_seqlens)

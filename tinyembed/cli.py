@@ -19,13 +19,14 @@ from pathlib import Path
 import msgspec
 
 from tinyembed import __version__
+from tinyembed.engine import backend
 from tinyembed.engine.checkpoints import registry
 from tinyembed.server.auth import keys_from_env, read_key_file
 from tinyembed.server.config import (LOG_FORMATS, BatchSettings, HttpLimits, ModelSource, RateLimits, RequestLimits,
                                      ServerConfig, memory_size)
 
 ENV_PREFIX = "TINYEMBED_"
-PRECISIONS = ("fp32", "int8", "bf16")  # --precision: the CPU arithmetic (load_engine says which model takes which)
+PRECISIONS = tuple(p for p in backend.PRECISIONS if p)  # --precision; load_engine says which model takes which
 TRUE = ("1", "true", "yes", "on")
 
 # flag -> (type, help). Defaults live in config.py; None here means "take the config default".

@@ -204,8 +204,7 @@ WARM_UP_TOKENS = 512  # the warm-up batch: enough to touch every first-use buffe
 
 def _warm_up(engines: list[Engine]) -> None:
     """One batch of each model's longest input (up to WARM_UP_TOKENS), then a trim: first-use
-    buffers (BLAS, kernels)
-    are part of the baseline, what the batch freed is not. (Only real Engines: a device pool or
+    buffers (BLAS, kernels) are part of the baseline, what the batch freed is not. (Only real Engines: a device pool or
     a test's stand-in is measured as it is.)"""
     for engine in engines:
         # first use is what counts here, not length: a decoder's 32k-token maximum would cost
